@@ -1,0 +1,3 @@
+from triserve.cli import main
+
+main()

@@ -1,0 +1,86 @@
+"""Backends, one module per platform, imported only when a model of that platform loads.
+
+A backend module provides:
+    BACKEND: str                 the Triton backend name ("onnxruntime")
+    DEFAULT_FILENAME: str        the model file inside a version folder ("model.onnx")
+    autocomplete(config, model_file) -> None
+        fill inputs, outputs and max_batch_size the config leaves out, from the model file
+    load(config, model_file, settings) -> a model object with
+        run(inputs: dict[str, ndarray], outputs: list[str]) -> dict[str, ndarray]
+        close() -> None
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from triserve.errors import invalid, unavailable
+
+# platform -> (module, what to install when the framework is missing)
+PLATFORMS = {
+    "onnxruntime_onnx": ("triserve.backends.onnxruntime_onnx", "triserve[onnx]"),
+    "pytorch_libtorch": ("triserve.backends.pytorch_libtorch", "triserve[torch]"),
+    "tensorflow_savedmodel": ("triserve.backends.tensorflow_savedmodel", "triserve[tensorflow]"),
+}
+BACKEND_TO_PLATFORM = {
+    "onnxruntime": "onnxruntime_onnx",
+    "pytorch": "pytorch_libtorch",
+    "tensorflow": "tensorflow_savedmodel",
+}
+# How a version folder's content reveals the platform when the config names none.
+_FILE_TO_PLATFORM = {
+    "model.onnx": "onnxruntime_onnx",
+    "model.pt": "pytorch_libtorch",
+    "model.savedmodel": "tensorflow_savedmodel",
+    "saved_model.pb": "tensorflow_savedmodel",
+}
+
+
+@dataclass(frozen=True)
+class InstanceSettings:
+    """Where and how one model instance runs."""
+
+    device: str = "cpu"  # "cpu" or "cuda:<n>"
+    threads: int = 1  # intra-op threads for this instance
+
+
+def platform_of(config: mc.ModelConfig, version_dir: Path | None) -> str:
+    """The platform a config names (by platform or backend), else the one its files reveal."""
+    if config.platform:
+        if config.platform not in PLATFORMS:
+            raise invalid(
+                f"unsupported platform '{config.platform}' for model '{config.name}';"
+                f" supported: {', '.join(PLATFORMS)}"
+            )
+        return config.platform
+    if config.backend:
+        if config.backend not in BACKEND_TO_PLATFORM:
+            raise invalid(
+                f"unsupported backend '{config.backend}' for model '{config.name}';"
+                f" supported: {', '.join(BACKEND_TO_PLATFORM)}"
+            )
+        return BACKEND_TO_PLATFORM[config.backend]
+    if version_dir is not None:
+        for filename, platform in _FILE_TO_PLATFORM.items():
+            if (version_dir / filename).exists():
+                return platform
+    raise invalid(
+        f"model '{config.name}' names no platform or backend, and no model.onnx, model.pt"
+        f" or model.savedmodel was found in {version_dir} to guess it from"
+    )
+
+
+def get(platform: str) -> ModuleType:
+    """Import a backend; a missing framework disables only its platform."""
+    module_name, extra = PLATFORMS[platform]
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as e:
+        raise unavailable(
+            f"platform '{platform}' is not available: {e}. Install it with: pip install '{extra}'"
+        ) from None

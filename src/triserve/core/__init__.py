@@ -1,0 +1,1 @@
+"""The protocol-free core: model manager, scheduler and statistics. Everything speaks numpy."""

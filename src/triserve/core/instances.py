@@ -1,0 +1,50 @@
+"""Instance groups: how many copies of a model run, where, and with how many threads each.
+
+Default (no instance_group, or count 0): two CPU instances, as Triton does for ONNX Runtime,
+sharing the machine's cores between them. On 2 cores that is two single-threaded instances,
+which measured faster than one two-threaded instance for EfficientNet-Lite0 (224 vs 181
+images/s with onnxruntime).
+"""
+
+from __future__ import annotations
+
+import os
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from triserve.backends import InstanceSettings
+
+DEFAULT_CPU_INSTANCES = 2
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def complete_instance_groups(config: mc.ModelConfig) -> None:
+    """Fill defaults the way Triton shows them in the completed config."""
+    if not config.instance_group:
+        config.instance_group.add()
+    for i, group in enumerate(config.instance_group):
+        if not group.name:
+            group.name = config.name if len(config.instance_group) == 1 else f"{config.name}_{i}"
+        if group.kind == mc.ModelInstanceGroup.KIND_AUTO:
+            group.kind = mc.ModelInstanceGroup.KIND_CPU
+        if group.count == 0:
+            group.count = DEFAULT_CPU_INSTANCES if group.kind == mc.ModelInstanceGroup.KIND_CPU else 1
+
+
+def instance_settings(config: mc.ModelConfig) -> list[InstanceSettings]:
+    cpu_instances = sum(g.count for g in config.instance_group if g.kind == mc.ModelInstanceGroup.KIND_CPU)
+    threads = max(1, cpu_count() // max(cpu_instances, 1))
+    settings = []
+    for group in config.instance_group:
+        if group.kind == mc.ModelInstanceGroup.KIND_GPU:
+            gpus = list(group.gpus) or [0]
+            settings += [InstanceSettings(f"cuda:{gpu}", 1) for gpu in gpus for _ in range(group.count)]
+        else:
+            settings += [InstanceSettings("cpu", threads) for _ in range(group.count)]
+    return settings

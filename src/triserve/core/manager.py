@@ -1,0 +1,243 @@
+"""The model manager: loads model versions from catalogs, tracks their state, swaps reloads in atomically."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from triserve import backends
+from triserve.core.instances import complete_instance_groups, instance_settings
+from triserve.core.model import Model, read_labels
+from triserve.errors import Code, ServerError, internal, invalid, not_found, unavailable
+from triserve.repository.catalog import Catalog
+from triserve.repository.spec import ModelSpec
+
+log = logging.getLogger("triserve")
+
+READY = "READY"
+UNAVAILABLE = "UNAVAILABLE"
+LOADING = "LOADING"
+UNLOADING = "UNLOADING"
+
+
+@dataclass
+class ModelEntry:
+    """What the server knows of one model name."""
+
+    name: str
+    catalog: Catalog
+    versions: dict[int, Model] = field(default_factory=dict)  # the ready ones, newest last
+    state: str = ""  # "" when never loaded
+    reason: str = ""
+    version_states: dict[int, tuple[str, str]] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class ModelManager:
+    def __init__(self, catalogs: list[Catalog], control_mode: str = "none", load_threads: int = 2) -> None:
+        self.catalogs = catalogs
+        self.control_mode = control_mode
+        self.entries: dict[str, ModelEntry] = {}
+        self._loader = ThreadPoolExecutor(load_threads, thread_name_prefix="loader")
+
+    # -- discovery ----------------------------------------------------------------------
+    def refresh_names(self) -> None:
+        """Find model names in the catalogs; a new name starts as never loaded."""
+        for catalog in self.catalogs:
+            for name in catalog.names():
+                if name not in self.entries:
+                    self.entries[name] = ModelEntry(name, catalog)
+
+    # -- lookup -------------------------------------------------------------------------
+    def get(self, name: str, version: str = "") -> Model:
+        entry = self.entries.get(name)
+        if entry is None or (not entry.versions and entry.state == ""):
+            raise not_found(f"Request for unknown model: '{name}' is not found")
+        if not entry.versions:
+            raise unavailable(
+                f"Request for unknown model: '{name}' has no available versions"
+                + (f" ({entry.reason})" if entry.reason else "")
+            )
+        if not version:
+            return entry.versions[max(entry.versions)]
+        try:
+            model = entry.versions.get(int(version))
+        except ValueError:
+            raise invalid(f"model version '{version}' of model '{name}' is not a number") from None
+        if model is None:
+            raise unavailable(f"Request for unknown model: '{name}' version {version} is not at ready state")
+        return model
+
+    def models(self) -> list[Model]:
+        return [m for e in self.entries.values() for m in e.versions.values()]
+
+    def ready(self) -> bool:
+        return all(e.versions for e in self.entries.values() if e.state)
+
+    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        rows: list[dict[str, str]] = []
+        for name in sorted(self.entries):
+            entry = self.entries[name]
+            if entry.version_states:
+                for version, (state, reason) in sorted(entry.version_states.items()):
+                    row = {"name": name, "version": str(version), "state": state}
+                    if reason:
+                        row["reason"] = reason
+                    rows.append(row)
+            elif entry.state:
+                row = {"name": name, "state": entry.state}
+                if entry.reason:
+                    row["reason"] = entry.reason
+                rows.append(row)
+            else:
+                rows.append({"name": name})
+        return [r for r in rows if r.get("state") == READY] if ready_only else rows
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def load(self, name: str, config: mc.ModelConfig | None = None) -> None:
+        """Load (or reload) every version the policy selects; on failure the old versions keep serving."""
+        entry = self.entries.get(name)
+        if entry is None:
+            self.refresh_names()
+            entry = self.entries.get(name)
+        if entry is None:
+            raise not_found(f"failed to load '{name}', failed to poll from model repository")
+        async with entry.lock:
+            if not entry.versions:
+                entry.state, entry.reason = LOADING, ""
+            loop = asyncio.get_running_loop()
+            started = time.monotonic()
+            try:
+                spec = await loop.run_in_executor(self._loader, entry.catalog.read, name, config)
+                built = await loop.run_in_executor(self._loader, _build, spec)
+            except ServerError as e:
+                self._failed(entry, e.message)
+                raise
+            except Exception as e:  # a broken model must never take the server down
+                log.exception("loading model '%s'", name)
+                self._failed(entry, f"{type(e).__name__}: {e}")
+                raise internal(f"failed to load '{name}': {e}") from None
+            new_versions = {}
+            for version, (model_config, labels, instances) in sorted(built.items()):
+                new_versions[version] = Model(
+                    model_config, version, labels, [i.run for i in instances], [i.close for i in instances]
+                )
+            old = entry.versions
+            entry.versions = new_versions  # the atomic swap: new requests see only the new set
+            entry.state, entry.reason = READY, ""
+            entry.version_states = {v: (READY, "") for v in new_versions}
+            elapsed = time.monotonic() - started
+            for version, model in new_versions.items():
+                log.info(
+                    "loaded model '%s' version %d (%s, %d instance(s)) in %.2fs",
+                    name, version, model.platform, model.instance_count, elapsed,
+                )
+        await _close_all(old.values())
+
+    async def request_load(self, name: str, config: mc.ModelConfig | None = None, files: dict | None = None) -> None:
+        """A client's load request (repository API): only in explicit control mode."""
+        self._check_explicit()
+        if files:
+            raise ServerError("loading models from 'file:' parameters is not supported", Code.UNSUPPORTED)
+        await self.load(name, config)
+
+    async def request_unload(self, name: str, unload_dependents: bool = False) -> None:
+        self._check_explicit()
+        await self.unload(name)
+
+    def _check_explicit(self) -> None:
+        if self.control_mode != "explicit":
+            raise ServerError(
+                f"explicit model load / unload is not allowed if model control mode is {self.control_mode.upper()}",
+                Code.UNAVAILABLE,
+            )
+
+    def _failed(self, entry: ModelEntry, reason: str) -> None:
+        log.error("failed to load model '%s': %s", entry.name, reason)
+        if entry.versions:
+            # A failed reload leaves the serving versions in place.
+            return
+        entry.state, entry.reason = UNAVAILABLE, reason
+        entry.version_states = {}
+
+    async def unload(self, name: str) -> None:
+        entry = self.entries.get(name)
+        if entry is None:
+            raise not_found(f"failed to unload '{name}': model is not known")
+        async with entry.lock:
+            old = entry.versions
+            entry.version_states = {v: (UNLOADING, "") for v in old}
+            entry.versions = {}
+            await _close_all(old.values())
+            entry.state, entry.reason = UNAVAILABLE, "unloaded"
+            entry.version_states = {v: (UNAVAILABLE, "unloaded") for v in old}
+            log.info("unloaded model '%s'", name)
+
+    async def load_all(self) -> list[str]:
+        """Load every model the catalogs list; returns the names that failed."""
+        self.refresh_names()
+        results = await asyncio.gather(*(self.load(n) for n in self.entries), return_exceptions=True)
+        return [n for n, r in zip(self.entries, results) if isinstance(r, BaseException)]
+
+    async def close(self) -> None:
+        for entry in self.entries.values():
+            old, entry.versions = entry.versions, {}
+            await _close_all(old.values())
+        self._loader.shutdown(wait=False)
+
+
+async def _close_all(models) -> None:
+    await asyncio.gather(*(m.close() for m in models))
+
+
+def _build(spec: ModelSpec) -> dict[int, tuple[mc.ModelConfig, dict[str, list[str]], list]]:
+    """On a loader thread: complete the config, then create every instance of every version."""
+    newest = spec.versions[max(spec.versions)]
+    config = mc.ModelConfig()
+    config.CopyFrom(spec.config)
+    platform = backends.platform_of(config, newest)
+    backend = backends.get(platform)
+    config.platform = config.platform or platform
+    config.backend = config.backend or backend.BACKEND
+    if not config.default_model_filename:
+        config.default_model_filename = backend.DEFAULT_FILENAME
+    if not config.input or not config.output or (config.max_batch_size == 0 and not spec.config.input):
+        backend.autocomplete(config, newest / config.default_model_filename)
+    _check_config(config)
+    if config.version_policy.WhichOneof("policy_choice") is None:
+        config.version_policy.latest.num_versions = 1
+    complete_instance_groups(config)
+    labels = read_labels(spec.path, config)
+    built = {}
+    for version, version_dir in spec.versions.items():
+        model_file = version_dir / config.default_model_filename
+        instances = []
+        try:
+            for settings in instance_settings(config):
+                instances.append(backend.load(config, model_file, settings))
+        except BaseException:
+            for instance in instances:
+                instance.close()
+            raise
+        built[version] = (config, labels, instances)
+    return built
+
+
+def _check_config(config: mc.ModelConfig) -> None:
+    if not config.input:
+        raise invalid(f"model '{config.name}' has no inputs in its configuration and none could be auto-completed")
+    if not config.output:
+        raise invalid(f"model '{config.name}' has no outputs in its configuration and none could be auto-completed")
+    if config.max_batch_size < 0:
+        raise invalid(f"model '{config.name}': max_batch_size must be >= 0")
+    for tensor in [*config.input, *config.output]:
+        if tensor.data_type == mc.TYPE_INVALID:
+            raise invalid(f"model '{config.name}': tensor '{tensor.name}' has no valid data_type")
+        if not tensor.dims and not tensor.HasField("reshape"):
+            raise invalid(f"model '{config.name}': tensor '{tensor.name}' must have dims")

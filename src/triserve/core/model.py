@@ -1,0 +1,181 @@
+"""One loaded model version: checks requests against its config and runs them through its scheduler."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tritonclient.grpc import model_config_pb2 as mc
+
+from triserve import datatypes
+from triserve.core.classification import classify
+from triserve.core.scheduler import BatchingPolicy, RunFn, Scheduler
+from triserve.core.stats import ModelStats
+from triserve.core.types import InferRequest, InferResponse, RequestedOutput
+from triserve.errors import invalid
+
+log = logging.getLogger("triserve")
+
+
+def read_labels(model_dir: Path, config: mc.ModelConfig) -> dict[str, list[str]]:
+    labels = {}
+    for output in config.output:
+        if output.label_filename:
+            path = model_dir / output.label_filename
+            if not path.is_file():
+                raise invalid(f"label file {path} of output '{output.name}' not found")
+            labels[output.name] = path.read_text().splitlines()
+    return labels
+
+
+class Model:
+    def __init__(
+        self,
+        config: mc.ModelConfig,
+        version: int,
+        labels: dict[str, list[str]],
+        runners: list[RunFn],
+        closers: list,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.version = version
+        self.version_str = str(version)
+        self.labels = labels
+        self.max_batch_size = config.max_batch_size
+        self.inputs = {t.name: t for t in config.input}
+        self.outputs = {t.name: t for t in config.output}
+        self.output_names = list(self.outputs)
+        self._input_types = {t.name: datatypes.to_numpy(datatypes.from_config(mc.DataType.Name(t.data_type))) for t in config.input}
+        self._required = {t.name for t in config.input if not t.optional}
+        self.stats = ModelStats(self.name, version)
+        self._closers = closers
+        self.scheduler = Scheduler(
+            self.name, runners, self.output_names, BatchingPolicy.from_config(config, config.max_batch_size), self.stats
+        )
+
+    # -- metadata -------------------------------------------------------------------------
+    def tensor_metadata(self, tensor: mc.ModelInput | mc.ModelOutput) -> dict[str, Any]:
+        shape = list(tensor.dims)
+        if self.max_batch_size > 0:
+            shape = [-1, *shape]
+        return {
+            "name": tensor.name,
+            "datatype": datatypes.from_config(mc.DataType.Name(tensor.data_type)),
+            "shape": shape,
+        }
+
+    @property
+    def instance_count(self) -> int:
+        return len(self._closers)
+
+    @property
+    def platform(self) -> str:
+        return self.config.platform or self.config.backend
+
+    # -- inference ------------------------------------------------------------------------
+    async def infer(self, request: InferRequest) -> InferResponse:
+        batch_size = self._check_inputs(request)
+        requested = request.outputs or [RequestedOutput(name) for name in self.output_names]
+        for out in requested:
+            if out.name not in self.outputs:
+                raise invalid(f"unexpected inference output '{out.name}' for model '{self.name}'")
+            if out.class_count < 0:
+                raise invalid(f"classification count for output '{out.name}' must be positive")
+        inputs = self._framework_inputs(request.inputs, batch_size)
+        results = await self.scheduler.submit(inputs, batch_size, request.priority, request.timeout_us)
+        outputs = {}
+        batched = self.max_batch_size > 0
+        for out in requested:
+            value = results[out.name]
+            spec = self.outputs[out.name]
+            if spec.HasField("reshape"):
+                value = value.reshape(([value.shape[0]] if batched else []) + list(spec.dims))
+            if out.class_count:
+                value = classify(value, out.class_count, self.labels.get(out.name, []), batched, out.name)
+            outputs[out.name] = value
+        return InferResponse(self.name, self.version_str, request.id, outputs)
+
+    def _check_inputs(self, request: InferRequest) -> int:
+        """Validate names, datatypes and shapes; returns the batch size (0 if the model does not batch)."""
+        prefix = f"[request id: {request.id or '<id_unknown>'}] "
+        given = request.inputs
+        missing = self._required - given.keys()
+        unknown = given.keys() - self.inputs.keys()
+        if unknown:
+            raise invalid(f"{prefix}unexpected inference input '{sorted(unknown)[0]}' for model '{self.name}'")
+        if missing:
+            raise invalid(
+                f"{prefix}expected {len(self._required)} inputs but got {len(given)} inputs for model"
+                f" '{self.name}'. Got input(s) {sorted(given)}, but missing required input(s)"
+                f" {sorted(missing)}. Please provide all required input(s)."
+            )
+        batch_size = 0
+        for name, array in given.items():
+            spec = self.inputs[name]
+            expected_type = self._input_types[name]
+            if array.dtype != expected_type:
+                raise invalid(
+                    f"{prefix}inference input '{name}' data-type is '{datatypes.from_numpy(array.dtype)}',"
+                    f" but model '{self.name}' expects '{datatypes.from_numpy(expected_type)}'"
+                )
+            dims = list(spec.dims)
+            shape = list(array.shape)
+            if self.max_batch_size > 0:
+                expected = [-1, *dims]
+                if not shape or not _fits(shape[1:], dims):
+                    raise invalid(
+                        f"{prefix}unexpected shape for input '{name}' for model '{self.name}'. Expected"
+                        f" {_fmt(expected)}, got {_fmt(shape)}. NOTE: Setting a non-zero max_batch_size in the"
+                        " model config requires a batch dimension to be prepended to each input shape. If you"
+                        " want to specify the full shape including the batch dim in your input dims config,"
+                        " try setting max_batch_size to zero. See the model configuration docs for more info"
+                        " on max_batch_size."
+                    )
+                if batch_size and shape[0] != batch_size:
+                    raise invalid(
+                        f"{prefix}input '{name}' batch size {shape[0]} does not match the batch size"
+                        f" {batch_size} of the other inputs for model '{self.name}'"
+                    )
+                batch_size = shape[0]
+            elif not _fits(shape, dims):
+                raise invalid(
+                    f"{prefix}unexpected shape for input '{name}' for model '{self.name}'. Expected"
+                    f" {_fmt(dims)}, got {_fmt(shape)}"
+                )
+        if self.max_batch_size > 0 and not 1 <= batch_size <= self.max_batch_size:
+            raise invalid(
+                f"{prefix}inference request batch-size must be <= {self.max_batch_size} for"
+                f" '{self.name}', got {batch_size}"
+                if batch_size
+                else f"{prefix}inference request batch-size must be at least 1 for '{self.name}'"
+            )
+        return batch_size
+
+    def _framework_inputs(self, inputs: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+        """Apply config `reshape`: the framework may want another shape than clients send."""
+        result = {}
+        for name, array in inputs.items():
+            spec = self.inputs[name]
+            if spec.HasField("reshape"):
+                array = array.reshape(([batch_size] if self.max_batch_size > 0 else []) + list(spec.reshape.shape))
+            result[name] = array
+        return result
+
+    async def close(self) -> None:
+        await self.scheduler.close()
+        for close in self._closers:
+            try:
+                close()
+            except Exception:  # a backend failing to free must not stop an unload
+                log.exception("closing model '%s' version %d", self.name, self.version)
+
+
+def _fits(shape: list[int], dims: list[int]) -> bool:
+    return len(shape) == len(dims) and all(d == -1 or d == s for s, d in zip(shape, dims))
+
+
+def _fmt(shape: list[int]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"

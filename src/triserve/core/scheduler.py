@@ -1,0 +1,322 @@
+"""Per-model scheduling: a priority queue with Triton's queue policies, feeding one worker per
+model instance; with `dynamic_batching`, a worker joins queued requests into one batch.
+
+Model execution runs on the instance's own thread; the event loop only moves requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+from tritonclient.grpc import model_config_pb2 as mc
+
+from triserve.core.stats import ModelStats
+from triserve.errors import ServerError, internal, unavailable
+
+# run(inputs, output_names) -> outputs, called on the instance's thread
+RunFn = Callable[[dict[str, np.ndarray], list[str]], dict[str, np.ndarray]]
+
+
+@dataclass(eq=False)
+class Pending:
+    inputs: dict[str, np.ndarray]
+    batch_size: int  # 0 for models without a batch dimension
+    future: asyncio.Future
+    enqueued_ns: int
+    level: int = 0  # index into the queue's levels; 0 is the highest priority
+    seq: int = 0
+    queued: bool = True
+    timer: asyncio.TimerHandle | None = None
+    result: Any = None
+
+
+@dataclass
+class QueuePolicy:
+    reject_on_timeout: bool = True  # REJECT; False is DELAY
+    default_timeout_us: int = 0
+    allow_timeout_override: bool = False
+    max_queue_size: int = 0  # 0: unbounded
+
+    @classmethod
+    def from_config(cls, policy: mc.ModelQueuePolicy) -> QueuePolicy:
+        return cls(
+            reject_on_timeout=policy.timeout_action == mc.ModelQueuePolicy.REJECT,
+            default_timeout_us=policy.default_timeout_microseconds,
+            allow_timeout_override=policy.allow_timeout_override,
+            max_queue_size=policy.max_queue_size,
+        )
+
+    def timeout_us(self, requested: int | None) -> int:
+        if requested is None or requested <= 0 or not self.allow_timeout_override:
+            return self.default_timeout_us
+        # A request may shorten the default timeout, never lengthen it.
+        return min(requested, self.default_timeout_us) if self.default_timeout_us else requested
+
+
+@dataclass
+class BatchingPolicy:
+    max_batch_size: int = 0  # largest batch a worker forms (0: model does not batch)
+    dynamic: bool = False
+    preferred: list[int] = field(default_factory=list)
+    max_queue_delay_ns: int = 0
+    preserve_ordering: bool = False
+    priority_levels: int = 1
+    default_level: int = 1
+    policies: list[QueuePolicy] = field(default_factory=lambda: [QueuePolicy()])
+
+    @classmethod
+    def from_config(cls, config: mc.ModelConfig, max_batch_size: int) -> BatchingPolicy:
+        if config.WhichOneof("scheduling_choice") != "dynamic_batching":
+            return cls(max_batch_size=max_batch_size)
+        db = config.dynamic_batching
+        levels = max(db.priority_levels, 1)
+        default_policy = QueuePolicy.from_config(db.default_queue_policy)
+        return cls(
+            max_batch_size=max_batch_size,
+            dynamic=max_batch_size > 0,
+            preferred=sorted(s for s in db.preferred_batch_size if 0 < s <= max_batch_size),
+            max_queue_delay_ns=db.max_queue_delay_microseconds * 1000,
+            preserve_ordering=db.preserve_ordering,
+            priority_levels=levels,
+            default_level=db.default_priority_level if 1 <= db.default_priority_level <= levels else levels,
+            policies=[
+                QueuePolicy.from_config(db.priority_queue_policy[level])
+                if level in db.priority_queue_policy
+                else default_policy
+                for level in range(1, levels + 1)
+            ],
+        )
+
+
+class RequestQueue:
+    """One FIFO per priority level, plus one for requests a DELAY policy pushed back."""
+
+    def __init__(self, levels: int) -> None:
+        self.levels: list[deque[Pending]] = [deque() for _ in range(levels)]
+        self.delayed: deque[Pending] = deque()
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self.levels) + len(self.delayed)
+
+    def _first(self) -> deque[Pending] | None:
+        for q in self.levels:
+            while q and not q[0].queued:
+                q.popleft()
+            if q:
+                return q
+        while self.delayed and not self.delayed[0].queued:
+            self.delayed.popleft()
+        return self.delayed or None
+
+    def peek(self) -> Pending | None:
+        q = self._first()
+        return q[0] if q else None
+
+    def pop(self) -> Pending | None:
+        q = self._first()
+        if not q:
+            return None
+        p = q.popleft()
+        p.queued = False
+        return p
+
+    def delay(self, p: Pending) -> None:
+        try:
+            self.levels[p.level].remove(p)
+        except ValueError:
+            return
+        self.delayed.append(p)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        model_name: str,
+        runners: list[RunFn],
+        output_names: list[str],
+        policy: BatchingPolicy,
+        stats: ModelStats,
+    ) -> None:
+        self.model_name = model_name
+        self.output_names = output_names
+        self.policy = policy
+        self.stats = stats
+        self.queue = RequestQueue(policy.priority_levels)
+        self._available = asyncio.Event()
+        self._seq = 0
+        self._next_release = 0
+        self._finished: dict[int, Pending] = {}
+        self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"{model_name}-{i}") for i in range(len(runners))]
+        self._workers = [
+            asyncio.create_task(self._work(run, executor)) for run, executor in zip(runners, self._executors)
+        ]
+        self._running = 0
+
+    @property
+    def idle(self) -> bool:
+        return self._running == 0 and len(self.queue) == 0
+
+    async def submit(
+        self, inputs: dict[str, np.ndarray], batch_size: int, priority: int = 0, timeout_us: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """Queue one request and wait for its outputs (all of them, sliced to this request)."""
+        loop = asyncio.get_running_loop()
+        level = (priority if 1 <= priority <= self.policy.priority_levels else self.policy.default_level) - 1
+        policy = self.policy.policies[level]
+        if policy.max_queue_size and len(self.queue.levels[level]) >= policy.max_queue_size:
+            self.stats.record_failure(0)
+            raise unavailable(
+                f"inference request for model '{self.model_name}' exceeds maximum queue size"
+            )
+        p = Pending(inputs, batch_size, loop.create_future(), time.monotonic_ns(), level, self._seq)
+        self._seq += 1
+        timeout = policy.timeout_us(timeout_us)
+        if timeout:
+            p.timer = loop.call_later(timeout / 1e6, self._expire, p, policy.reject_on_timeout)
+        self.queue.levels[level].append(p)
+        self.stats.pending += 1
+        self._available.set()
+        try:
+            return await p.future
+        except asyncio.CancelledError:
+            # The client went away: a request still queued is dropped, never run.
+            if p.queued:
+                p.queued = False
+                self._finish(p)
+            raise
+
+    def _expire(self, p: Pending, reject: bool) -> None:
+        if not p.queued:
+            return
+        if reject:
+            p.queued = False
+            p.result = unavailable("Request timeout expired")
+            self.stats.record_failure(time.monotonic_ns() - p.enqueued_ns)
+            self._finish(p)
+        else:
+            self.queue.delay(p)
+
+    def _done(self, p: Pending) -> None:
+        """Bookkeeping for a request that leaves the scheduler."""
+        self.stats.pending -= 1
+        if p.timer is not None:
+            p.timer.cancel()
+
+    def _finish(self, p: Pending) -> None:
+        """Hand a result (or error) to its waiter, in arrival order when preserve_ordering asks."""
+        self._done(p)
+        if not self.policy.preserve_ordering:
+            self._resolve(p)
+            return
+        self._finished[p.seq] = p
+        while self._next_release in self._finished:
+            self._resolve(self._finished.pop(self._next_release))
+            self._next_release += 1
+
+    @staticmethod
+    def _resolve(p: Pending) -> None:
+        if p.future.done():
+            return
+        if isinstance(p.result, BaseException):
+            p.future.set_exception(p.result)
+        else:
+            p.future.set_result(p.result)
+
+    async def _next_batch(self) -> list[Pending]:
+        while True:
+            first = self.queue.pop()
+            if first is not None:
+                break
+            self._available.clear()
+            await self._available.wait()
+        batch = [first]
+        if not self.policy.dynamic:
+            return batch
+        limit = self.policy.max_batch_size
+        target = next((s for s in self.policy.preferred if s >= first.batch_size), limit)
+        size = first.batch_size
+        shapes = {k: v.shape[1:] for k, v in first.inputs.items()}
+        deadline = first.enqueued_ns + self.policy.max_queue_delay_ns
+        while size < limit:
+            nxt = self.queue.peek()
+            if nxt is None:
+                remaining = deadline - time.monotonic_ns()
+                if size >= target or remaining <= 0:
+                    break
+                self._available.clear()
+                try:
+                    await asyncio.wait_for(self._available.wait(), remaining / 1e9)
+                except TimeoutError:
+                    break
+                continue
+            if size + nxt.batch_size > limit or {k: v.shape[1:] for k, v in nxt.inputs.items()} != shapes:
+                break
+            batch.append(self.queue.pop())
+            size += nxt.batch_size
+        return batch
+
+    async def _work(self, run: RunFn, executor: ThreadPoolExecutor) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            if len(self.queue):
+                self._available.set()  # let an idle worker take what is left
+            start = time.monotonic_ns()
+            self._running += 1
+            try:
+                timings = await loop.run_in_executor(executor, self._execute, run, batch)
+            except BaseException as e:  # the worker must survive anything a backend does
+                error = e if isinstance(e, ServerError) else internal(f"model execution failed: {e}")
+                end = time.monotonic_ns()
+                for p in batch:
+                    p.result = error
+                    self.stats.record_failure(end - p.enqueued_ns)
+                    self._finish(p)
+                if isinstance(e, asyncio.CancelledError):
+                    raise
+                continue
+            finally:
+                self._running -= 1
+            input_ns, infer_ns, output_ns = timings
+            end = time.monotonic_ns()
+            self.stats.record_execution(sum(p.batch_size for p in batch) or 1, input_ns, infer_ns, output_ns)
+            for p in batch:
+                self.stats.record_success(end - p.enqueued_ns, start - p.enqueued_ns, input_ns, infer_ns, output_ns)
+                self._finish(p)
+
+    def _execute(self, run: RunFn, batch: list[Pending]) -> tuple[int, int, int]:
+        """On the instance thread: join, run, split. Results land in each Pending."""
+        t0 = time.monotonic_ns()
+        if len(batch) == 1:
+            inputs = batch[0].inputs
+        else:
+            inputs = {name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs}
+        t1 = time.monotonic_ns()
+        outputs = run(inputs, self.output_names)
+        t2 = time.monotonic_ns()
+        if len(batch) == 1:
+            batch[0].result = outputs
+        else:
+            offset = 0
+            for p in batch:
+                end = offset + p.batch_size
+                p.result = {name: value[offset:end] for name, value in outputs.items()}
+                offset = end
+        t3 = time.monotonic_ns()
+        return t1 - t0, t2 - t1, t3 - t2
+
+    async def close(self) -> None:
+        """Finish the queue, then stop the workers and their threads."""
+        while not self.idle:
+            await asyncio.sleep(0.005)
+        for w in self._workers:
+            w.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        for e in self._executors:
+            e.shutdown(wait=True)

@@ -1,0 +1,116 @@
+"""Per model-version statistics in Triton's schema; Prometheus metrics read the same numbers."""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from typing import Any
+
+# Request latency histogram buckets, in microseconds (Prometheus `le` values).
+LATENCY_BUCKETS_US = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000)
+
+
+class Duration:
+    __slots__ = ("count", "ns")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.ns = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+    def to_json(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+class Histogram:
+    """Cumulative-ready bucket counts of one latency, in microseconds."""
+
+    __slots__ = ("counts", "sum_us", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS_US) + 1)
+        self.sum_us = 0.0
+        self.total = 0
+
+    def observe(self, ns: int) -> None:
+        us = ns / 1000
+        self.counts[bisect_left(LATENCY_BUCKETS_US, us)] += 1
+        self.sum_us += us
+        self.total += 1
+
+
+class ModelStats:
+    def __init__(self, name: str, version: int) -> None:
+        self.name = name
+        self.version = version
+        self.last_inference_ms = 0
+        self.inference_count = 0
+        self.execution_count = 0
+        self.pending = 0  # requests queued or running
+        self.success = Duration()
+        self.fail = Duration()
+        self.queue = Duration()
+        self.compute_input = Duration()
+        self.compute_infer = Duration()
+        self.compute_output = Duration()
+        self.batches: dict[int, tuple[Duration, Duration, Duration]] = {}
+        self.request_histogram = Histogram()
+        self.queue_histogram = Histogram()
+
+    def record_success(self, total_ns: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        self.success.add(total_ns)
+        self.queue.add(queue_ns)
+        self.compute_input.add(input_ns)
+        self.compute_infer.add(infer_ns)
+        self.compute_output.add(output_ns)
+        self.request_histogram.observe(total_ns)
+        self.queue_histogram.observe(queue_ns)
+        self.last_inference_ms = int(time.time() * 1000)
+
+    def record_failure(self, total_ns: int) -> None:
+        self.fail.add(total_ns)
+        self.request_histogram.observe(total_ns)
+        self.last_inference_ms = int(time.time() * 1000)
+
+    def record_execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        self.execution_count += 1
+        self.inference_count += batch_size
+        durations = self.batches.get(batch_size)
+        if durations is None:
+            durations = self.batches[batch_size] = (Duration(), Duration(), Duration())
+        durations[0].add(input_ns)
+        durations[1].add(infer_ns)
+        durations[2].add(output_ns)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": str(self.version),
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": self.success.to_json(),
+                "fail": self.fail.to_json(),
+                "queue": self.queue.to_json(),
+                "compute_input": self.compute_input.to_json(),
+                "compute_infer": self.compute_infer.to_json(),
+                "compute_output": self.compute_output.to_json(),
+                "cache_hit": {"count": 0, "ns": 0},
+                "cache_miss": {"count": 0, "ns": 0},
+            },
+            "response_stats": {},
+            "batch_stats": [
+                {
+                    "batch_size": size,
+                    "compute_input": d[0].to_json(),
+                    "compute_infer": d[1].to_json(),
+                    "compute_output": d[2].to_json(),
+                }
+                for size, d in sorted(self.batches.items())
+            ],
+            "memory_usage": [],
+        }

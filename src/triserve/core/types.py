@@ -1,0 +1,32 @@
+"""Requests and responses as the core sees them: numpy arrays, no wire formats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    class_count: int = 0  # > 0: answer with the top classes instead of the tensor
+
+
+@dataclass
+class InferRequest:
+    inputs: dict[str, np.ndarray]
+    outputs: list[RequestedOutput] | None = None  # None: every output, as tensors
+    id: str = ""
+    priority: int = 0  # 0: the model's default level; 1 is the highest
+    timeout_us: int | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InferResponse:
+    model_name: str
+    model_version: str
+    id: str
+    outputs: dict[str, np.ndarray]  # in the order asked for; classification outputs are BYTES

@@ -1,0 +1,39 @@
+"""Errors shared by every layer; each protocol adapter maps `code` to its own status."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Code(Enum):
+    INVALID_ARG = "INVALID_ARG"
+    NOT_FOUND = "NOT_FOUND"
+    UNAVAILABLE = "UNAVAILABLE"
+    INTERNAL = "INTERNAL"
+    UNSUPPORTED = "UNSUPPORTED"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+
+
+class ServerError(Exception):
+    """An error with a Triton-style code and a message meant for the client."""
+
+    def __init__(self, message: str, code: Code = Code.INVALID_ARG) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def invalid(message: str) -> ServerError:
+    return ServerError(message, Code.INVALID_ARG)
+
+
+def not_found(message: str) -> ServerError:
+    return ServerError(message, Code.NOT_FOUND)
+
+
+def unavailable(message: str) -> ServerError:
+    return ServerError(message, Code.UNAVAILABLE)
+
+
+def internal(message: str) -> ServerError:
+    return ServerError(message, Code.INTERNAL)

@@ -1,0 +1,1 @@
+"""Example models used to produce real test artefacts (need the optional ``examples`` extra)."""

@@ -1,0 +1,1 @@
+"""Protocol adapters: decode the wire format, call the core, encode the answer."""

@@ -1,0 +1,121 @@
+"""Shared fixtures: the example repository, real servers on free ports, real photos."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
+ESPRESSO = 967
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningServer:
+    """A `triserve serve` subprocess; `url` is host:port of its v2 HTTP front end."""
+
+    def __init__(self, args: list[str], ports: dict[str, int], log_path: Path) -> None:
+        self.ports = ports
+        self.url = f"127.0.0.1:{ports['http']}"
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "triserve", "serve", *args], stdout=self._log, stderr=subprocess.STDOUT, env=env
+        )
+
+    def wait_ready(self, timeout: float = 120, marker: str = "triserve ready") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if marker in self.log():
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            time.sleep(0.1)
+        raise TimeoutError(f"server not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="session")
+def start_server(tmp_path_factory):
+    """Start servers: `start_server("--model-repository", DIR, ...)` picks free ports for every front end."""
+    started: list[RunningServer] = []
+
+    def start(*args: str, wait: bool = True, **port_flags: int) -> RunningServer:
+        ports = {"http": free_port()}
+        extra = ["--http-port", str(ports["http"])]
+        for name, value in port_flags.items():
+            ports[name] = value if value >= 0 else free_port()
+            extra += [f"--{name.replace('_', '-')}-port", str(ports[name])]
+        log = tmp_path_factory.mktemp("server") / "server.log"
+        server = RunningServer([*map(str, args), *extra], ports, log)
+        started.append(server)
+        if wait:
+            server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def example_repo(tmp_path_factory) -> Path:
+    """The example repository written by `triserve export-examples` (real ImageNet weights)."""
+    out = tmp_path_factory.mktemp("examples")
+    subprocess.run([sys.executable, "-m", "triserve", "export-examples", str(out)], check=True, capture_output=True)
+    return out / "model_repository"
+
+
+@pytest.fixture(scope="session")
+def example_server(start_server, example_repo) -> RunningServer:
+    return start_server("--model-repository", example_repo)
+
+
+def photo(name: str) -> Image.Image:
+    if name == "grace_hopper":
+        import matplotlib.cbook
+
+        return Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
+    import skimage.data
+
+    return Image.fromarray(getattr(skimage.data, name)())
+
+
+def jpeg_bytes(name: str) -> bytes:
+    buf = io.BytesIO()
+    photo(name).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def pixels_nchw(name: str) -> np.ndarray:
+    """A photo as the example models take it: RGB 0..255, resized to 224x224, CHW float32."""
+    rgb = photo(name).convert("RGB").resize((224, 224), Image.BILINEAR)
+    return np.ascontiguousarray(np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1))
