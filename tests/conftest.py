@@ -68,12 +68,14 @@ def start_server(tmp_path_factory):
     """Start servers: `start_server("--model-repository", DIR, ...)` picks free ports for every front end."""
     started: list[RunningServer] = []
 
-    def start(*args: str, wait: bool = True, **port_flags: int) -> RunningServer:
-        ports = {"http": free_port()}
-        extra = ["--http-port", str(ports["http"])]
-        for name, value in port_flags.items():
-            ports[name] = value if value >= 0 else free_port()
-            extra += [f"--{name.replace('_', '-')}-port", str(ports[name])]
+    def start(*args: str, wait: bool = True, frontends: tuple[str, ...] = ("http",)) -> RunningServer:
+        """Front ends named in `frontends` get free ports; every other one is switched off (port 0)."""
+        from triserve.server import FRONTENDS
+
+        ports = {name: free_port() if name in frontends else 0 for name in FRONTENDS}
+        extra = []
+        for name, port in ports.items():
+            extra += [f"--{name.replace('_', '-')}-port", str(port)]
         log = tmp_path_factory.mktemp("server") / "server.log"
         server = RunningServer([*map(str, args), *extra], ports, log)
         started.append(server)

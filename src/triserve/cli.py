@@ -9,18 +9,17 @@ from pathlib import Path
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from triserve.server import ServerOptions, serve
+    from triserve.server import FRONTENDS, ServerOptions, serve
 
-    if not args.model_repository:
-        print("triserve serve: give at least one --model-repository", file=sys.stderr)
-        return 2
     options = ServerOptions(
         model_repositories=[Path(p) for p in args.model_repository],
         host=args.host,
-        http_port=args.http_port,
+        ports={name: getattr(args, f"{name}_port") for name in FRONTENDS},
+        model_control_mode=args.model_control_mode,
         exit_on_error=args.exit_on_error,
         strict_readiness=args.strict_readiness,
         log_level=args.log_level,
+        extra=vars(args),
     )
     return serve(options)
 
@@ -62,7 +61,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model-repository", action="append", default=[], metavar="DIR",
                    help="a Triton model repository (repeatable; repositories merge)")
     s.add_argument("--host", default="127.0.0.1", help="address every front end binds (default 127.0.0.1)")
-    s.add_argument("--http-port", type=int, default=8000, help="KServe v2 HTTP port (0 switches it off)")
+    from triserve.server import FRONTENDS
+
+    for name, (port, _, title) in FRONTENDS.items():
+        s.add_argument(f"--{name.replace('_', '-')}-port", type=int, default=port, metavar="PORT",
+                       help=f"{title} port (default {port}; 0 switches it off)")
+    s.add_argument("--model-control-mode", default="none", choices=["none", "poll", "explicit"],
+                   help="none: load everything at start; explicit: only what --load-model or the API asks")
     s.add_argument("--exit-on-error", type=_bool, default=False, metavar="BOOL",
                    help="exit if any model fails to load (default false: serve the others)")
     s.add_argument("--strict-readiness", type=_bool, default=True, metavar="BOOL",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import uvicorn
 
@@ -16,15 +18,32 @@ from triserve.repository.catalog import Catalog, TritonRepositories
 
 log = logging.getLogger("triserve")
 
+# Every front end: name -> (default port, "module:function" building it, what the log calls it).
+# The builder is called as builder(server: Server, port: int) and returns a FrontEnd.
+FRONTENDS: dict[str, tuple[int, str, str]] = {
+    "http": (8000, "triserve.protocols.v2_http:frontend", "KServe v2 HTTP"),
+}
+
 
 @dataclass
 class ServerOptions:
     model_repositories: list[Path] = field(default_factory=list)
     host: str = "127.0.0.1"
-    http_port: int = 8000
+    ports: dict[str, int] = field(default_factory=lambda: {name: spec[0] for name, spec in FRONTENDS.items()})
+    model_control_mode: str = "none"
     exit_on_error: bool = False
     strict_readiness: bool = True
     log_level: str = "info"
+    # Options of the other model sources and front ends, by name (see cli.py).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class FrontEnd(Protocol):
+    """A running front end: started by start(), stopped gracefully by stop()."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 class _Uvicorn(uvicorn.Server):
@@ -33,6 +52,38 @@ class _Uvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self):
         yield
+
+
+class HTTPFrontEnd:
+    """An ASGI app served by uvicorn (httptools parser) on the shared event loop."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            loop="none",
+            http="httptools",
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=30,
+        )
+        self.server = _Uvicorn(config)
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()  # raises what stopped it
+                raise OSError(f"could not listen on port {self.server.config.port}")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
 
 
 def build_catalogs(options: ServerOptions) -> list[Catalog]:
@@ -45,60 +96,43 @@ def build_catalogs(options: ServerOptions) -> list[Catalog]:
 class Server:
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
-        self.manager = ModelManager(build_catalogs(options))
-        self._servers: list[tuple[str, _Uvicorn]] = []
+        self.manager = ModelManager(build_catalogs(options), control_mode=options.model_control_mode)
+        self.frontends: list[tuple[str, int, FrontEnd]] = []
         self._stopping = asyncio.Event()
-
-    def _http_server(self, name: str, app, port: int) -> None:
-        if port == 0:
-            return  # port 0 switches a front end off
-        config = uvicorn.Config(
-            app,
-            host=self.options.host,
-            port=port,
-            loop="none",
-            http="httptools",
-            lifespan="off",
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=30,
-        )
-        self._servers.append((name, _Uvicorn(config)))
 
     def stop(self) -> None:
         self._stopping.set()
 
     async def run(self) -> int:
-        from triserve.protocols.v2_http import V2HTTP
-
         failed = await self.manager.load_all()
         if failed and self.options.exit_on_error:
             log.error("exiting: model(s) failed to load: %s (--exit-on-error)", ", ".join(failed))
             await self.manager.close()
             return 1
-        self._http_server("HTTP (KServe v2)", V2HTTP(self.manager).app(), self.options.http_port)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop)
-        tasks = [asyncio.create_task(server.serve()) for _, server in self._servers]
-        while not all(server.started for _, server in self._servers):
-            if any(t.done() for t in tasks):
-                break
-            await asyncio.sleep(0.01)
-        failed_start = [name for (name, server), t in zip(self._servers, tasks) if t.done() and not server.started]
-        if failed_start:
-            log.error("could not start: %s", ", ".join(failed_start))
-            self.stop()
+        code = 0
+        try:
+            for name, (_, target, title) in FRONTENDS.items():
+                port = self.options.ports.get(name, 0)
+                if port == 0:
+                    continue  # port 0 switches a front end off
+                module, _, function = target.partition(":")
+                frontend = getattr(importlib.import_module(module), function)(self, port)
+                await frontend.start()
+                self.frontends.append((title, port, frontend))
+        except OSError as e:
+            log.error("could not start: %s", e)
+            code = 1
         else:
-            urls = ", ".join(f"{name} on {self.options.host}:{s.config.port}" for name, s in self._servers)
+            urls = ", ".join(f"{title} on {self.options.host}:{port}" for title, port, _ in self.frontends)
             log.info("triserve ready: %s", urls)
-        await self._stopping.wait()
-        log.info("shutting down: finishing in-flight requests")
-        for _, server in self._servers:
-            server.should_exit = True
-        await asyncio.gather(*tasks, return_exceptions=True)
+            await self._stopping.wait()
+            log.info("shutting down: finishing in-flight requests")
+        await asyncio.gather(*(f.stop() for _, _, f in self.frontends), return_exceptions=True)
         await self.manager.close()
-        return 1 if failed_start else 0
+        return code
 
 
 def serve(options: ServerOptions) -> int:

@@ -77,8 +77,9 @@ class ModelManager:
     def models(self) -> list[Model]:
         return [m for e in self.entries.values() for m in e.versions.values()]
 
-    def ready(self) -> bool:
-        return all(e.versions for e in self.entries.values() if e.state)
+    def ready(self, strict: bool = True) -> bool:
+        """Strict: every model that was asked to load is ready. Otherwise: the server is up."""
+        return not strict or all(e.versions for e in self.entries.values() if e.state)
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         rows: list[dict[str, str]] = []

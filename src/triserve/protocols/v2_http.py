@@ -58,15 +58,16 @@ def _empty_ok() -> Response:
 
 
 class V2HTTP:
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, strict_readiness: bool = True) -> None:
         self.manager = manager
+        self.strict_readiness = strict_readiness
 
     # -- health and metadata ------------------------------------------------------------
     async def live(self, request: Request) -> Response:
         return _empty_ok()
 
     async def ready(self, request: Request) -> Response:
-        if self.manager.ready():
+        if self.manager.ready(self.strict_readiness):
             return _empty_ok()
         return error_response("Server is not ready: not every model is ready", 503)
 
@@ -345,6 +346,12 @@ def encode_infer_response(response: InferResponse, binary_outputs: dict[str, boo
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
+
+
+def frontend(server, port: int):
+    from triserve.server import HTTPFrontEnd
+
+    return HTTPFrontEnd(V2HTTP(server.manager, server.options.strict_readiness).app(), server.options.host, port)
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
