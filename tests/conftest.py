@@ -121,3 +121,24 @@ def pixels_nchw(name: str) -> np.ndarray:
     """A photo as the example models take it: RGB 0..255, resized to 224x224, CHW float32."""
     rgb = photo(name).convert("RGB").resize((224, 224), Image.BILINEAR)
     return np.ascontiguousarray(np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1))
+
+
+@pytest.fixture(scope="session")
+def tfserving_conf(example_repo, tmp_path_factory) -> Path:
+    """A TF Serving models.conf beside its SavedModels (tests/savedmodels.py)."""
+    from tests.savedmodels import tfserving_folder
+
+    return tfserving_folder(example_repo, tmp_path_factory.mktemp("tfserving"))
+
+
+@pytest.fixture(scope="session")
+def tfserving_server(start_server, example_repo, tfserving_conf, tmp_path_factory) -> RunningServer:
+    """The models.conf models plus the ONNX example model, on v2 HTTP and both TF Serving front ends."""
+    import shutil
+
+    repo = tmp_path_factory.mktemp("onnx_repo")
+    shutil.copytree(example_repo / "efficientnet_lite0_onnx", repo / "efficientnet_lite0_onnx")
+    return start_server(
+        "--model-repository", repo, "--model-config-file", tfserving_conf,
+        frontends=("http", "tfserving_rest", "tfserving_grpc"),
+    )

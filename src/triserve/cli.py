@@ -21,6 +21,16 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         extra=vars(args),
     )
+    if args.ts_config:
+        from triserve.errors import ServerError
+        from triserve.repository import ts_config
+
+        try:  # TorchServe's config.properties fills what the command line left at its defaults
+            ts_config.apply(Path(args.ts_config), options.extra, options.ports,
+                            {name: spec[0] for name, spec in FRONTENDS.items()}, args.host, "127.0.0.1")
+        except ServerError as e:
+            print(f"triserve: {e.message}", file=sys.stderr)
+            return 1
     return serve(options)
 
 
@@ -39,6 +49,12 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _archive(args: argparse.Namespace) -> int:
+    from triserve.archiver import archive_main
+
+    return archive_main(args)
+
+
 def _bench(args: argparse.Namespace) -> int:
     from triserve.bench import bench_main
 
@@ -53,6 +69,16 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="triserve", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -60,19 +86,62 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve model repositories")
     s.add_argument("--model-repository", action="append", default=[], metavar="DIR",
                    help="a Triton model repository (repeatable; repositories merge)")
+    tf = s.add_argument_group("TF Serving models (SavedModels in numeric version folders)")
+    tf.add_argument("--model-config-file", metavar="FILE",
+                    help="a TF Serving models.conf (ModelServerConfig text format); relative base_paths resolve"
+                         " against its folder")
+    tf.add_argument("--model-base-path", metavar="DIR", help="serve one TF Serving model from DIR/<version>/")
+    tf.add_argument("--model-name", metavar="NAME", help="the name of --model-base-path's model (default 'default')")
+    tf.add_argument("--file-system-poll-wait-seconds", type=float, default=1.0, metavar="SECONDS",
+                    help="how often version folders are checked: new versions load, ones the policy drops"
+                         " retire (default 1; 0: never)")
+    tf.add_argument("--model-config-file-poll-wait-seconds", type=float, default=0.0, metavar="SECONDS",
+                    help="how often --model-config-file is read again (default 0: only at start)")
     s.add_argument("--host", default="127.0.0.1", help="address every front end binds (default 127.0.0.1)")
     from triserve.server import FRONTENDS
 
     for name, (port, _, title) in FRONTENDS.items():
         s.add_argument(f"--{name.replace('_', '-')}-port", type=int, default=port, metavar="PORT",
                        help=f"{title} port (default {port}; 0 switches it off)")
+    s.add_argument("--grpc-max-message-bytes", type=_positive_int, default=64 * 1024 * 1024, metavar="BYTES",
+                   help="largest gRPC request or response (default 64 MiB); larger gets RESOURCE_EXHAUSTED")
     s.add_argument("--model-control-mode", default="none", choices=["none", "poll", "explicit"],
-                   help="none: load everything at start; explicit: only what --load-model or the API asks")
+                   help="none: load everything at start; poll: also follow repository changes; "
+                        "explicit: only what --load-model or the repository API asks")
+    s.add_argument("--load-model", action="append", default=[], metavar="NAME",
+                   help="in explicit mode, a model to load at start (repeatable; '*' for all)")
+    s.add_argument("--repository-poll-secs", type=float, default=15.0, metavar="SECONDS",
+                   help="in poll mode, how often the repositories are scanned (default 15)")
     s.add_argument("--exit-on-error", type=_bool, default=False, metavar="BOOL",
                    help="exit if any model fails to load (default false: serve the others)")
     s.add_argument("--strict-readiness", type=_bool, default=True, metavar="BOOL",
                    help="/v2/health/ready only when every model is ready (default true)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    ts = s.add_argument_group("TorchServe model archives (.mar) and API")
+    ts.add_argument("--model-store", metavar="DIR", help="folder of model archives (read only)")
+    ts.add_argument("--models", action="extend", nargs="+", default=[], metavar="NAME=FILE.mar",
+                    help="archives to serve at start: NAME=FILE, FILE, or 'all' (every archive in --model-store)")
+    ts.add_argument("--ts-config", metavar="FILE", help="a TorchServe config.properties (addresses, model_store,"
+                    " load_models, default_workers_per_model, models, ...); the command line wins")
+    ts.add_argument("--allow-custom-handlers", action="store_true",
+                    help="run Python handler code from archives (off: such archives fail to load)")
+    ts.add_argument("--enable-model-api", action="store_true",
+                    help="allow registering and unregistering models on the management API (off: 405)")
+    ts.add_argument("--allowed-url-hosts", action="append", default=[], metavar="HOST[:PORT]",
+                    help="hosts archives may be downloaded from when registered by URL (repeatable or"
+                         " comma-separated; default none: remote URLs are refused)")
+    ts.add_argument("--default-workers-per-model", type=int, default=None, metavar="N",
+                    help="workers (model instances) per archive model (default: the core's default)")
+    ts.add_argument("--job-queue-size", type=int, default=100, metavar="N",
+                    help="queued requests per model before 503 (default 100)")
+    ts.add_argument("--max-request-size", type=int, default=6553500, metavar="BYTES",
+                    help="largest TorchServe request body (default 6553500)")
+    ts.add_argument("--enable-token-auth", action="store_true",
+                    help="require TorchServe bearer tokens (written to --token-key-file); default off")
+    ts.add_argument("--token-key-file", default="key_file.json", metavar="FILE",
+                    help="where the token keys are written (default ./key_file.json, mode 0600)")
+    ts.add_argument("--token-expiration-min", type=int, default=60, metavar="MIN",
+                    help="lifetime of the inference and management keys (default 60)")
     s.set_defaults(func=_serve)
 
     c = sub.add_parser("classify", help="classify images with a served model, like Triton's image_client")
@@ -85,6 +154,12 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("-s", "--scaling", default="NONE", type=str.upper, choices=["NONE", "INCEPTION", "VGG"])
     c.add_argument("-b", "--batch-size", type=int, default=1)
     c.set_defaults(func=_classify)
+
+    a = sub.add_parser("archive", help="write a TorchServe model archive, like torch-model-archiver")
+    from triserve.archiver import add_arguments
+
+    add_arguments(a)
+    a.set_defaults(func=_archive)
 
     e = sub.add_parser("export-examples", help="write the example model repository")
     e.add_argument("dir", help="output folder; the repository is DIR/model_repository")

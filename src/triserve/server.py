@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import uvicorn
 
 from triserve.core.manager import ModelManager
+from triserve.errors import ServerError
 from triserve.repository.catalog import Catalog, TritonRepositories
 
 log = logging.getLogger("triserve")
@@ -22,6 +23,13 @@ log = logging.getLogger("triserve")
 # The builder is called as builder(server: Server, port: int) and returns a FrontEnd.
 FRONTENDS: dict[str, tuple[int, str, str]] = {
     "http": (8000, "triserve.protocols.v2_http:frontend", "KServe v2 HTTP"),
+    "grpc": (8001, "triserve.protocols.v2_grpc:frontend", "KServe v2 gRPC"),
+    "metrics": (8002, "triserve.protocols.triton_metrics:frontend", "Triton metrics"),
+    "tfserving_grpc": (8500, "triserve.protocols.tfserving_grpc:frontend", "TF Serving gRPC"),
+    "tfserving_rest": (8501, "triserve.protocols.tfserving_rest:frontend", "TF Serving REST"),
+    "torchserve_inference": (8080, "triserve.protocols.torchserve:frontend", "TorchServe inference"),
+    "torchserve_management": (8081, "triserve.protocols.torchserve_management:frontend", "TorchServe management"),
+    "torchserve_metrics": (8082, "triserve.protocols.torchserve_metrics:frontend", "TorchServe metrics"),
 }
 
 
@@ -90,6 +98,25 @@ def build_catalogs(options: ServerOptions) -> list[Catalog]:
     catalogs: list[Catalog] = []
     if options.model_repositories:
         catalogs.append(TritonRepositories(options.model_repositories))
+    extra = options.extra
+    if extra.get("model_name") and not extra.get("model_base_path"):
+        raise ServerError("--model-name needs --model-base-path")
+    if extra.get("model_config_file") or extra.get("model_base_path"):
+        from triserve.repository.tfserving import DEFAULT_MODEL_NAME, TFServingModels
+
+        catalogs.append(
+            TFServingModels(
+                config_file=Path(extra["model_config_file"]) if extra.get("model_config_file") else None,
+                model_name=extra.get("model_name") or DEFAULT_MODEL_NAME,
+                base_path=Path(extra["model_base_path"]) if extra.get("model_base_path") else None,
+                fs_poll_seconds=extra.get("file_system_poll_wait_seconds", 1.0),
+                config_poll_seconds=extra.get("model_config_file_poll_wait_seconds", 0.0),
+            )
+        )
+    if extra.get("model_store") or extra.get("models"):
+        from triserve.repository.mar import from_options
+
+        catalogs.append(from_options(extra))  # TorchServe archives (--model-store, --models)
     return catalogs
 
 
@@ -104,7 +131,7 @@ class Server:
         self._stopping.set()
 
     async def run(self) -> int:
-        failed = await self.manager.load_all()
+        failed = await self.manager.start(self.options.extra.get("load_model") or [])
         if failed and self.options.exit_on_error:
             log.error("exiting: model(s) failed to load: %s (--exit-on-error)", ", ".join(failed))
             await self.manager.close()
@@ -128,7 +155,20 @@ class Server:
         else:
             urls = ", ".join(f"{title} on {self.options.host}:{port}" for title, port, _ in self.frontends)
             log.info("triserve ready: %s", urls)
+            poller = None
+            if self.options.model_control_mode == "poll":
+                poller = asyncio.create_task(self.manager.poll_forever(self.options.extra.get("repository_poll_secs", 15)))
+            # Sources that watch themselves (TF Serving's file system poll) at their own pace.
+            pollers = [
+                asyncio.create_task(self.manager.poll_forever(c.poll_seconds, [c]))
+                for c in self.manager.catalogs
+                if getattr(c, "poll_seconds", 0) > 0
+            ]
             await self._stopping.wait()
+            if poller is not None:
+                poller.cancel()
+            for task in pollers:
+                task.cancel()
             log.info("shutting down: finishing in-flight requests")
         await asyncio.gather(*(f.stop() for _, _, f in self.frontends), return_exceptions=True)
         await self.manager.close()
@@ -142,4 +182,12 @@ def serve(options: ServerOptions) -> int:
     )
     import uvloop
 
-    return uvloop.run(Server(options).run())
+    from triserve.core.memory import limit_arenas
+
+    limit_arenas()
+    try:
+        server = Server(options)
+    except ServerError as e:  # a model source that cannot be read at all (e.g. a broken models.conf)
+        log.error("could not start: %s", e.message)
+        return 1
+    return uvloop.run(server.run())

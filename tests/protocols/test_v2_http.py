@@ -123,7 +123,10 @@ def test_statistics_count_inferences(client):
     assert after["inference_stats"]["compute_infer"]["ns"] > before["inference_stats"]["compute_infer"]["ns"]
     assert any(b["batch_size"] == 3 for b in after["batch_stats"])
     all_models = client.get_inference_statistics()["model_stats"]
-    assert [s["name"] for s in all_models] == [MODEL]
+    # the example repository also holds the TorchScript and SavedModel variants
+    assert sorted(s["name"] for s in all_models) == sorted(
+        [MODEL, "efficientnet_lite0_tf", "efficientnet_lite0_torch"]
+    )
 
 
 # -- bad input: a clear JSON error with Triton's status code, while good requests keep working --

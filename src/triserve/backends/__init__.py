@@ -26,6 +26,8 @@ PLATFORMS = {
     "onnxruntime_onnx": ("triserve.backends.onnxruntime_onnx", "triserve[onnx]"),
     "pytorch_libtorch": ("triserve.backends.pytorch_libtorch", "triserve[torch]"),
     "tensorflow_savedmodel": ("triserve.backends.tensorflow_savedmodel", "triserve[tensorflow]"),
+    # TorchServe archives' Python handlers; runs only with --allow-custom-handlers
+    "torchserve_handler": ("triserve.backends.torchserve_handler", "triserve"),
 }
 BACKEND_TO_PLATFORM = {
     "onnxruntime": "onnxruntime_onnx",
@@ -47,6 +49,17 @@ class InstanceSettings:
 
     device: str = "cpu"  # "cpu" or "cuda:<n>"
     threads: int = 1  # intra-op threads for this instance
+
+
+def count_parameter(config: mc.ModelConfig, key: str, default: int) -> int:
+    """A positive integer from config `parameters`; the key in any case (Triton's backends differ)."""
+    for name, value in config.parameters.items():
+        if name.lower() == key.lower():
+            text = value.string_value.strip()
+            if not text.isdigit() or int(text) < 1:
+                raise invalid(f"parameter '{name}' of model '{config.name}' must be a positive integer, got '{text}'")
+            return int(text)
+    return default
 
 
 def platform_of(config: mc.ModelConfig, version_dir: Path | None) -> str:

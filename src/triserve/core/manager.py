@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,10 +14,13 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from triserve import backends
 from triserve.core.instances import complete_instance_groups, instance_settings
+from triserve.core.memory import release_free_memory
 from triserve.core.model import Model, read_labels
+from triserve.core.warmup import best_batch_size, run_warmup
 from triserve.errors import Code, ServerError, internal, invalid, not_found, unavailable
 from triserve.repository.catalog import Catalog
 from triserve.repository.spec import ModelSpec
+from triserve.repository.triton import read_override
 
 log = logging.getLogger("triserve")
 
@@ -31,11 +35,12 @@ class ModelEntry:
     """What the server knows of one model name."""
 
     name: str
-    catalog: Catalog
+    catalog: Catalog | None  # None: loaded from the repository API's files only
     versions: dict[int, Model] = field(default_factory=dict)  # the ready ones, newest last
     state: str = ""  # "" when never loaded
     reason: str = ""
     version_states: dict[int, tuple[str, str]] = field(default_factory=dict)
+    fingerprint: object = None  # what the catalog showed at the last load (poll mode compares)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -101,13 +106,21 @@ class ModelManager:
         return [r for r in rows if r.get("state") == READY] if ready_only else rows
 
     # -- lifecycle ----------------------------------------------------------------------
-    async def load(self, name: str, config: mc.ModelConfig | None = None) -> None:
-        """Load (or reload) every version the policy selects; on failure the old versions keep serving."""
+    async def load(
+        self, name: str, config: mc.ModelConfig | None = None, files: dict[str, bytes] | None = None
+    ) -> None:
+        """Load (or reload) every version the policy selects; on failure the old versions keep serving.
+
+        `config` replaces the model's own config; `files` (with `config`) are the model's files,
+        as the repository API's `file:<path>` parameters give them.
+        """
         entry = self.entries.get(name)
         if entry is None:
             self.refresh_names()
             entry = self.entries.get(name)
-        if entry is None:
+        if entry is None and files:
+            entry = self.entries[name] = ModelEntry(name, None)  # a model that exists only as uploaded files
+        if entry is None or (entry.catalog is None and not files):
             raise not_found(f"failed to load '{name}', failed to poll from model repository")
         async with entry.lock:
             if not entry.versions:
@@ -115,7 +128,11 @@ class ModelManager:
             loop = asyncio.get_running_loop()
             started = time.monotonic()
             try:
-                spec = await loop.run_in_executor(self._loader, entry.catalog.read, name, config)
+                if files:
+                    spec = await loop.run_in_executor(self._loader, read_override, name, config, files)
+                else:
+                    entry.fingerprint = await loop.run_in_executor(self._loader, _fingerprint, entry.catalog, name)
+                    spec = await loop.run_in_executor(self._loader, entry.catalog.read, name, config)
                 built = await loop.run_in_executor(self._loader, _build, spec)
             except ServerError as e:
                 self._failed(entry, e.message)
@@ -125,14 +142,19 @@ class ModelManager:
                 self._failed(entry, f"{type(e).__name__}: {e}")
                 raise internal(f"failed to load '{name}': {e}") from None
             new_versions = {}
-            for version, (model_config, labels, instances) in sorted(built.items()):
+            for version, b in sorted(built.items()):
                 new_versions[version] = Model(
-                    model_config, version, labels, [i.run for i in instances], [i.close for i in instances]
+                    b.config, version, b.labels, [i.run for i in b.instances], [i.close for i in b.instances],
+                    b.batch_limit,
                 )
             old = entry.versions
             entry.versions = new_versions  # the atomic swap: new requests see only the new set
             entry.state, entry.reason = READY, ""
-            entry.version_states = {v: (READY, "") for v in new_versions}
+            # Versions the reload retired stay listed as unloaded, as in Triton's repository index.
+            entry.version_states = {
+                **{v: (UNAVAILABLE, "unloaded") for v in entry.version_states if v not in new_versions},
+                **{v: (READY, "") for v in new_versions},
+            }
             elapsed = time.monotonic() - started
             for version, model in new_versions.items():
                 log.info(
@@ -144,9 +166,7 @@ class ModelManager:
     async def request_load(self, name: str, config: mc.ModelConfig | None = None, files: dict | None = None) -> None:
         """A client's load request (repository API): only in explicit control mode."""
         self._check_explicit()
-        if files:
-            raise ServerError("loading models from 'file:' parameters is not supported", Code.UNSUPPORTED)
-        await self.load(name, config)
+        await self.load(name, config, files)
 
     async def request_unload(self, name: str, unload_dependents: bool = False) -> None:
         self._check_explicit()
@@ -180,11 +200,72 @@ class ModelManager:
             entry.version_states = {v: (UNAVAILABLE, "unloaded") for v in old}
             log.info("unloaded model '%s'", name)
 
-    async def load_all(self) -> list[str]:
-        """Load every model the catalogs list; returns the names that failed."""
+    async def remove(self, name: str) -> None:
+        """Unload and forget a model its catalog no longer lists (a TorchServe unregister)."""
+        if name in self.entries:
+            await self.unload(name)
+            self.entries.pop(name, None)
+        self.refresh_names()  # a name the catalog still lists comes back as never loaded
+
+    async def scale(self, name: str, count: int) -> None:
+        """Reload a model with `count` instances (0: unload); the old instances serve until then."""
+        if count == 0:
+            await self.unload(name)
+            return
+        model = self.get(name)
+        config = mc.ModelConfig()
+        config.CopyFrom(model.config)
+        kind = config.instance_group[0].kind if config.instance_group else mc.ModelInstanceGroup.KIND_CPU
+        del config.instance_group[:]
+        config.instance_group.add(kind=kind, count=count)
+        await self.load(name, config)
+
+    async def load_all(self, names: list[str] | None = None) -> list[str]:
+        """Load the named models ("*" or None: every model the catalogs list); returns those that failed."""
         self.refresh_names()
-        results = await asyncio.gather(*(self.load(n) for n in self.entries), return_exceptions=True)
-        return [n for n, r in zip(self.entries, results) if isinstance(r, BaseException)]
+        wanted = list(self.entries) if names is None or "*" in names else names
+        results = await asyncio.gather(*(self.load(n) for n in wanted), return_exceptions=True)
+        return [n for n, r in zip(wanted, results) if isinstance(r, BaseException)]
+
+    async def start(self, load_models: list[str] | None = None) -> list[str]:
+        """Initial loads by control mode: explicit loads only `load_models`; none and poll load all."""
+        if self.control_mode == "explicit":
+            return await self.load_all(load_models or [])
+        return await self.load_all()
+
+    async def poll(self, catalogs: list[Catalog] | None = None) -> None:
+        """One repository poll (of `catalogs`, default all): load new models, reload changed ones,
+        unload removed ones. A catalog's optional refresh() runs first (re-reading a config file)."""
+        loop = asyncio.get_running_loop()
+        polled = self.catalogs if catalogs is None else catalogs
+        try:
+            for c in polled:
+                if hasattr(c, "refresh"):
+                    await loop.run_in_executor(self._loader, c.refresh)
+            found = {n: c for c in polled for n in await loop.run_in_executor(self._loader, c.names)}
+        except ServerError as e:
+            log.error("repository poll failed: %s", e.message)
+            return
+        for name in [n for n, e in self.entries.items() if n not in found and (catalogs is None or e.catalog in polled)]:
+            entry = self.entries[name]
+            if entry.versions:
+                await self.unload(name)
+            del self.entries[name]
+            log.info("model '%s' left the repository", name)
+        for name, catalog in found.items():
+            entry = self.entries.setdefault(name, ModelEntry(name, catalog))
+            if entry.catalog is not catalog:
+                continue  # the name is served from another source; its fingerprints are not comparable
+            if await loop.run_in_executor(self._loader, _fingerprint, catalog, name) != entry.fingerprint:
+                try:
+                    await self.load(name)
+                except ServerError:
+                    pass  # logged by load; a failed reload keeps the old version serving
+
+    async def poll_forever(self, interval_s: float, catalogs: list[Catalog] | None = None) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.poll(catalogs)
 
     async def close(self) -> None:
         for entry in self.entries.values():
@@ -193,11 +274,30 @@ class ModelManager:
         self._loader.shutdown(wait=False)
 
 
+def _fingerprint(catalog: Catalog, name: str) -> object:
+    fingerprint = getattr(catalog, "fingerprint", None)
+    return fingerprint(name) if fingerprint else None
+
+
 async def _close_all(models) -> None:
+    models = list(models)
     await asyncio.gather(*(m.close() for m in models))
+    if models:
+        del models
+        gc.collect()
+        release_free_memory()
 
 
-def _build(spec: ModelSpec) -> dict[int, tuple[mc.ModelConfig, dict[str, list[str]], list]]:
+
+@dataclass
+class _Built:
+    config: mc.ModelConfig
+    labels: dict[str, list[str]]
+    instances: list
+    batch_limit: int  # the largest batch the dynamic batcher forms
+
+
+def _build(spec: ModelSpec) -> dict[int, _Built]:
     """On a loader thread: complete the config, then create every instance of every version."""
     newest = spec.versions[max(spec.versions)]
     config = mc.ModelConfig()
@@ -222,11 +322,15 @@ def _build(spec: ModelSpec) -> dict[int, tuple[mc.ModelConfig, dict[str, list[st
         try:
             for settings in instance_settings(config):
                 instances.append(backend.load(config, model_file, settings))
+            run_warmup(config, spec.path, instances)
+            batch_limit = config.max_batch_size
+            if config.WhichOneof("scheduling_choice") == "dynamic_batching" and not config.dynamic_batching.preferred_batch_size:
+                batch_limit = best_batch_size(config, instances[0])
         except BaseException:
             for instance in instances:
                 instance.close()
             raise
-        built[version] = (config, labels, instances)
+        built[version] = _Built(config, labels, instances, batch_limit)
     return built
 
 

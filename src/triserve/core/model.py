@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable
 
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
@@ -38,6 +39,7 @@ class Model:
         labels: dict[str, list[str]],
         runners: list[RunFn],
         closers: list,
+        batch_limit: int | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -51,9 +53,11 @@ class Model:
         self._input_types = {t.name: datatypes.to_numpy(datatypes.from_config(mc.DataType.Name(t.data_type))) for t in config.input}
         self._required = {t.name for t in config.input if not t.optional}
         self.stats = ModelStats(self.name, version)
+        self.loaded_at = time.time()  # when this version's instances became ready
         self._closers = closers
         self.scheduler = Scheduler(
-            self.name, runners, self.output_names, BatchingPolicy.from_config(config, config.max_batch_size), self.stats
+            self.name, runners, self.output_names, BatchingPolicy.from_config(config, config.max_batch_size if batch_limit is None else batch_limit),
+            self.stats,
         )
 
     # -- metadata -------------------------------------------------------------------------
@@ -76,7 +80,12 @@ class Model:
         return self.config.platform or self.config.backend
 
     # -- inference ------------------------------------------------------------------------
-    async def infer(self, request: InferRequest) -> InferResponse:
+    def infer(self, request: InferRequest) -> Awaitable[InferResponse]:
+        """Validate and queue the request now; the returned awaitable gives the response.
+
+        Queuing happens before this returns, so a caller that looked this version up is
+        answered by it even if a reload swaps in a new version before the caller awaits.
+        """
         batch_size = self._check_inputs(request)
         requested = request.outputs or [RequestedOutput(name) for name in self.output_names]
         for out in requested:
@@ -85,7 +94,11 @@ class Model:
             if out.class_count < 0:
                 raise invalid(f"classification count for output '{out.name}' must be positive")
         inputs = self._framework_inputs(request.inputs, batch_size)
-        results = await self.scheduler.submit(inputs, batch_size, request.priority, request.timeout_us)
+        pending = self.scheduler.enqueue(inputs, batch_size, request.priority, request.timeout_us)
+        return self._respond(request, requested, pending)
+
+    async def _respond(self, request: InferRequest, requested: list[RequestedOutput], pending) -> InferResponse:
+        results = await self.scheduler.wait(pending)
         outputs = {}
         batched = self.max_batch_size > 0
         for out in requested:

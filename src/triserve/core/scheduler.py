@@ -19,7 +19,12 @@ from tritonclient.grpc import model_config_pb2 as mc
 from triserve.core.stats import ModelStats
 from triserve.errors import ServerError, internal, unavailable
 
-# run(inputs, output_names) -> outputs, called on the instance's thread
+# Model executions run here. Each instance's worker has at most one execution in flight, so
+# instances never share a thread at the same time; the threads outlive model versions, so a
+# reload does not leave another thread's malloc arena behind (unloads give memory back).
+EXECUTION_THREADS = ThreadPoolExecutor(max_workers=256, thread_name_prefix="execute")
+
+# run(inputs, output_names) -> outputs, called on an execution thread
 RunFn = Callable[[dict[str, np.ndarray], list[str]], dict[str, np.ndarray]]
 
 
@@ -152,11 +157,9 @@ class Scheduler:
         self._seq = 0
         self._next_release = 0
         self._finished: dict[int, Pending] = {}
-        self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"{model_name}-{i}") for i in range(len(runners))]
-        self._workers = [
-            asyncio.create_task(self._work(run, executor)) for run, executor in zip(runners, self._executors)
-        ]
+        self._workers = [asyncio.create_task(self._work(run)) for run in runners]
         self._running = 0
+        self._closed = False
 
     @property
     def idle(self) -> bool:
@@ -166,6 +169,15 @@ class Scheduler:
         self, inputs: dict[str, np.ndarray], batch_size: int, priority: int = 0, timeout_us: int | None = None
     ) -> dict[str, np.ndarray]:
         """Queue one request and wait for its outputs (all of them, sliced to this request)."""
+        return await self.wait(self.enqueue(inputs, batch_size, priority, timeout_us))
+
+    def enqueue(
+        self, inputs: dict[str, np.ndarray], batch_size: int, priority: int = 0, timeout_us: int | None = None
+    ) -> Pending:
+        """Queue one request now (synchronously, so that a caller holding this model version
+        is served by it even if a reload swaps in another version before the caller awaits)."""
+        if self._closed:
+            raise unavailable(f"model '{self.model_name}' is being unloaded")
         loop = asyncio.get_running_loop()
         level = (priority if 1 <= priority <= self.policy.priority_levels else self.policy.default_level) - 1
         policy = self.policy.policies[level]
@@ -182,6 +194,9 @@ class Scheduler:
         self.queue.levels[level].append(p)
         self.stats.pending += 1
         self._available.set()
+        return p
+
+    async def wait(self, p: Pending) -> dict[str, np.ndarray]:
         try:
             return await p.future
         except asyncio.CancelledError:
@@ -238,8 +253,9 @@ class Scheduler:
         batch = [first]
         if not self.policy.dynamic:
             return batch
-        limit = self.policy.max_batch_size
-        target = next((s for s in self.policy.preferred if s >= first.batch_size), limit)
+        # Batches grow to the largest preferred size (or the limit) while requests are queued,
+        # waiting up to max_queue_delay for more when the queue runs dry first.
+        limit = max(self.policy.preferred, default=self.policy.max_batch_size)
         size = first.batch_size
         shapes = {k: v.shape[1:] for k, v in first.inputs.items()}
         deadline = first.enqueued_ns + self.policy.max_queue_delay_ns
@@ -247,7 +263,7 @@ class Scheduler:
             nxt = self.queue.peek()
             if nxt is None:
                 remaining = deadline - time.monotonic_ns()
-                if size >= target or remaining <= 0:
+                if remaining <= 0:
                     break
                 self._available.clear()
                 try:
@@ -261,7 +277,7 @@ class Scheduler:
             size += nxt.batch_size
         return batch
 
-    async def _work(self, run: RunFn, executor: ThreadPoolExecutor) -> None:
+    async def _work(self, run: RunFn) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch()
@@ -270,7 +286,7 @@ class Scheduler:
             start = time.monotonic_ns()
             self._running += 1
             try:
-                timings = await loop.run_in_executor(executor, self._execute, run, batch)
+                timings = await loop.run_in_executor(EXECUTION_THREADS, self._execute, run, batch)
             except BaseException as e:  # the worker must survive anything a backend does
                 error = e if isinstance(e, ServerError) else internal(f"model execution failed: {e}")
                 end = time.monotonic_ns()
@@ -313,10 +329,10 @@ class Scheduler:
 
     async def close(self) -> None:
         """Finish the queue, then stop the workers and their threads."""
+        await asyncio.sleep(0)  # let requests already handed this version reach the queue
         while not self.idle:
             await asyncio.sleep(0.005)
+        self._closed = True
         for w in self._workers:
             w.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
-        for e in self._executors:
-            e.shutdown(wait=True)

@@ -4,6 +4,8 @@ statistics, model configuration and model repository extensions."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 from typing import Any, Awaitable
 
@@ -20,7 +22,15 @@ from triserve.core.types import InferRequest, InferResponse, RequestedOutput
 from triserve.errors import Code, ServerError, invalid
 from triserve.protocols import tensors
 from triserve.protocols.http_common import choose_encoding, compress, decompress
-from triserve.repository.config import parse_json, to_json
+from triserve.protocols.v2_common import (
+    EXTENSIONS,
+    class_count,
+    load_arguments,
+    model_metadata,
+    schedule_options,
+    stats_models,
+)
+from triserve.repository.config import to_json
 
 log = logging.getLogger("triserve")
 
@@ -32,16 +42,6 @@ HTTP_STATUS = {
     Code.UNSUPPORTED: 501,
     Code.ALREADY_EXISTS: 400,
 }
-EXTENSIONS = [
-    "classification",
-    "model_repository",
-    "model_repository(unload_dependents)",
-    "schedule_policy",
-    "model_configuration",
-    "binary_tensor_data",
-    "parameters",
-    "statistics",
-]
 HEADER_LENGTH = "inference-header-content-length"
 
 
@@ -83,30 +83,14 @@ class V2HTTP:
         return _empty_ok()
 
     async def model_metadata(self, request: Request) -> Response:
-        model = self._model(request)
-        entry = self.manager.entries[model.name]
-        return json_response(
-            {
-                "name": model.name,
-                "versions": [str(v) for v in sorted(entry.versions)],
-                "platform": model.platform,
-                "inputs": [model.tensor_metadata(t) for t in model.config.input],
-                "outputs": [model.tensor_metadata(t) for t in model.config.output],
-            }
-        )
+        return json_response(model_metadata(self.manager, self._model(request)))
 
     async def model_config(self, request: Request) -> Response:
         return json_response(to_json(self._model(request).config))
 
     async def stats(self, request: Request) -> Response:
         params = request.path_params
-        if "model" not in params:
-            models = self.manager.models()
-        elif "version" in params:
-            models = [self._model(request)]
-        else:
-            self.manager.get(params["model"])
-            models = list(self.manager.entries[params["model"]].versions.values())
+        models = stats_models(self.manager, params.get("model", ""), str(params.get("version", "")))
         return json_response({"model_stats": [m.stats.to_json() for m in models]})
 
     # -- repository -------------------------------------------------------------------
@@ -121,12 +105,9 @@ class V2HTTP:
     async def repository_load(self, request: Request) -> Response:
         body = await request.body()
         parameters = _parse_json(body).get("parameters", {}) if body.strip() else {}
-        config = None
-        files = {k: v for k, v in parameters.items() if k.startswith("file:")}
-        if "config" in parameters:
-            config = parse_json(parameters["config"])
-        elif files:
-            raise invalid("failed to load model: a 'config' parameter must be given with 'file:' parameters")
+        config, files = load_arguments(parameters)
+        # over HTTP, `file:` contents travel base64-encoded (tritonclient.http encodes them)
+        files = {k: _base64(k, v) for k, v in files.items()}
         await self.manager.request_load(request.path_params["model"], config, files)
         return _empty_ok()
 
@@ -202,6 +183,13 @@ async def _unless_disconnected(request: Request, work: Awaitable[InferResponse])
         task.cancel()
         raise ServerError("client disconnected; request dropped", Code.UNAVAILABLE)
     return task.result()
+
+
+def _base64(key: str, value: object) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)  # type: ignore[arg-type]
+    except (binascii.Error, TypeError, ValueError):
+        raise invalid(f"parameter '{key}' must be base64-encoded file content") from None
 
 
 def _parse_json(data: bytes) -> dict[str, Any]:
@@ -293,19 +281,11 @@ def decode_infer_request(header: bytes, binary: memoryview) -> tuple[InferReques
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 raise invalid("each requested output must be an object with a 'name'")
             out_params = _parameters(item, f"output '{item['name']}'")
-            count = out_params.get("classification", 0)
-            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-                raise invalid(f"output '{item['name']}': 'classification' must be a non-negative integer")
-            outputs.append(RequestedOutput(item["name"], count))
+            outputs.append(RequestedOutput(item["name"], class_count(item["name"], out_params.get("classification", 0))))
             binary_outputs[item["name"]] = bool(out_params.get("binary_data", default_binary))
     binary_outputs[""] = default_binary  # for outputs not named in the request
     request_id = data.get("id", "")
-    priority = params.get("priority", 0)
-    timeout = params.get("timeout")
-    if not isinstance(priority, int) or priority < 0:
-        raise invalid("parameter 'priority' must be a non-negative integer")
-    if timeout is not None and (not isinstance(timeout, int) or timeout < 0):
-        raise invalid("parameter 'timeout' must be a non-negative integer (microseconds)")
+    priority, timeout = schedule_options(params)
     return (
         InferRequest(
             inputs=inputs,

@@ -29,3 +29,8 @@ class TritonRepositories:
     def read(self, name: str, config: mc.ModelConfig | None = None) -> ModelSpec:
         models = triton.find_models(self.paths)
         return triton.read_model(name, models[name], config)
+
+    def fingerprint(self, name: str) -> object:
+        """Changes whenever a file of the model is added, removed or rewritten (poll mode)."""
+        folder = triton.find_models(self.paths).get(name)
+        return triton.folder_fingerprint(folder) if folder else None

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import atexit
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from triserve.errors import invalid, unavailable
+from triserve.errors import invalid, not_found, unavailable
 from triserve.repository.config import parse_pbtxt
 from triserve.repository.spec import ModelSpec
 
@@ -78,3 +81,37 @@ def select_versions(config: mc.ModelConfig, available: list[int]) -> list[int]:
         return [v for v in available if v in set(policy.specific.versions)]
     count = policy.latest.num_versions if kind == "latest" else 1
     return available[-max(count, 1):] if available else []
+
+
+def folder_fingerprint(folder: Path) -> tuple:
+    entries = []
+    for path in sorted(folder.rglob("*")):
+        try:
+            stat = path.stat()
+        except OSError:  # removed while we looked
+            continue
+        entries.append((str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns))
+    return tuple(entries)
+
+
+_OVERRIDES = Path(tempfile.mkdtemp(prefix="triserve-override-"))
+atexit.register(shutil.rmtree, _OVERRIDES, True)
+
+
+def read_override(name: str, config: mc.ModelConfig | None, files: dict[str, bytes]) -> ModelSpec:
+    """A model folder made of the load API's `file:<path>` contents, used instead of the repository's."""
+    if config is None:
+        raise invalid(f"failed to load '{name}': a 'config' parameter must come with 'file:' parameters")
+    folder = _OVERRIDES / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for key, content in files.items():
+        relative = PurePosixPath(key.removeprefix("file:"))
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+            raise invalid(f"failed to load '{name}': file path '{relative}' must stay inside the model folder")
+        target = folder / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    if not version_folders(folder):
+        raise not_found(f"failed to load '{name}': the 'file:' parameters hold no numeric version folder")
+    return read_model(name, folder, config)

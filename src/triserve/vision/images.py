@@ -61,3 +61,29 @@ def image_client_preprocess(
     if layout == "NCHW":
         array = np.transpose(array, (2, 0, 1))
     return np.ascontiguousarray(array)
+
+
+IMAGENET_MEAN = np.array((0.485, 0.456, 0.406), dtype=np.float32)
+IMAGENET_STD = np.array((0.229, 0.224, 0.225), dtype=np.float32)
+
+
+def imagenet_preprocess(image: Image.Image, resize: int = 256, crop: int = 224) -> np.ndarray:
+    """TorchServe's image_classifier transform, as torchvision computes it, without torchvision:
+    Resize(256) (short side, bilinear), CenterCrop(224), ToTensor (/255, CHW), ImageNet Normalize.
+    Returns float32 [3, crop, crop]."""
+    image = to_rgb(image)
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = resize, int(resize * long / short)
+    size = (new_short, new_long) if w <= h else (new_long, new_short)
+    if size != (w, h):
+        image = image.resize(size, Image.BILINEAR)
+    width, height = size
+    if width < crop or height < crop:
+        raise invalid(f"image of {w}x{h} pixels is too small to crop {crop}x{crop} after resizing")
+    top = int(round((height - crop) / 2.0))
+    left = int(round((width - crop) / 2.0))
+    pixels = np.asarray(image)[top : top + crop, left : left + crop]
+    x = pixels.astype(np.float32) / np.float32(255)
+    x = (x - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(x.transpose(2, 0, 1))

@@ -1,0 +1,316 @@
+"""TorchScript backend (`platform: "pytorch_libtorch"`), binding tensors as Triton's pytorch backend does.
+
+Inputs: if every configured input name is a forward() argument name, by name; else if every name
+is `<name>__<index>`, the index is the argument position; else the config order. A forward()
+taking one `Dict[str, Tensor]` receives the configured names as keys. Outputs: `<name>__<index>`
+picks that element of the returned tuple or list; otherwise the config order does.
+
+TorchScript keeps no input/output datatypes or shapes, so inputs cannot be auto-completed (Triton:
+"not supported for pytorch backend"); the error says what forward() takes. Given the inputs,
+missing outputs are found by running the model once on zeros.
+
+Threads: torch's intra-op and inter-op pools are process-wide. The first TorchScript model loaded
+sets them, from config `parameters` INTRA_OP_THREAD_COUNT / INTER_OP_THREAD_COUNT (as in Triton)
+or else to the instance's share of the cores and one inter-op thread; a later model asking for
+other counts gets a warning. Instances run on their own threads and forward() releases the GIL,
+so two single-threaded instances use two cores.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tritonclient.grpc import model_config_pb2 as mc
+
+from triserve import datatypes
+from triserve.backends import InstanceSettings, count_parameter
+from triserve.errors import ServerError, internal, invalid
+
+log = logging.getLogger("triserve")
+
+BACKEND = "pytorch"
+DEFAULT_FILENAME = "model.pt"
+
+_TORCH_TYPES = {
+    "TYPE_BOOL": torch.bool,
+    "TYPE_UINT8": torch.uint8,
+    "TYPE_INT8": torch.int8,
+    "TYPE_INT16": torch.int16,
+    "TYPE_INT32": torch.int32,
+    "TYPE_INT64": torch.int64,
+    "TYPE_FP16": torch.float16,
+    "TYPE_FP32": torch.float32,
+    "TYPE_FP64": torch.float64,
+}
+_CONFIG_TYPES = {dtype: name for name, dtype in _TORCH_TYPES.items()}
+_NAMED_INDEX = re.compile(r"__(\d+)$")
+
+
+# -- loading ------------------------------------------------------------------------------
+def _open(model_file: Path, device: torch.device) -> torch.jit.ScriptModule:
+    if not model_file.is_file():
+        raise invalid(f"model file {model_file} not found")
+    try:
+        module = torch.jit.load(str(model_file), map_location=device)
+    except Exception as e:  # torch raises RuntimeError (and others) for corrupt or non-TorchScript files
+        raise invalid(f"torch.jit.load could not load {model_file}: {_short(e)}") from None
+    return module.eval()
+
+
+def _arguments(module: torch.jit.ScriptModule) -> list[Any]:
+    """forward()'s arguments without `self`."""
+    args = list(module.forward.schema.arguments)
+    if args and args[0].name == "self":
+        args = args[1:]
+    return args
+
+
+def _signature_text(module: torch.jit.ScriptModule) -> str:
+    """`forward(Tensor input__0) -> Tensor`, for messages."""
+    args = ", ".join(f"{a.type} {a.name}" for a in _arguments(module))
+    returns = ", ".join(str(r.type) for r in module.forward.schema.returns)
+    return f"forward({args}) -> {returns}"
+
+
+def _device(config: mc.ModelConfig, settings: InstanceSettings) -> torch.device:
+    if not settings.device.startswith("cuda"):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise invalid(
+            f"model '{config.name}' asks for KIND_GPU ({settings.device}) but this torch has no CUDA device"
+            f" (torch {torch.__version__}, torch.cuda.is_available() is False); use KIND_CPU"
+        )
+    return torch.device(settings.device)
+
+
+# -- threads ------------------------------------------------------------------------------
+_threads_lock = threading.Lock()
+_threads: tuple[int, int] | None = None  # (intra, inter) once set
+
+
+def _set_threads(config: mc.ModelConfig, settings: InstanceSettings) -> None:
+    global _threads
+    intra = count_parameter(config, "INTRA_OP_THREAD_COUNT", settings.threads)
+    inter = count_parameter(config, "INTER_OP_THREAD_COUNT", 1)
+    with _threads_lock:
+        if _threads is None:
+            torch.set_num_threads(intra)
+            try:
+                torch.set_num_interop_threads(inter)
+            except RuntimeError:  # the pool already started (torch was used before): keep it
+                inter = torch.get_num_interop_threads()
+            _threads = (intra, inter)
+            log.info("torch: %d intra-op thread(s), %d inter-op thread(s) for the whole process", intra, inter)
+        elif _threads != (intra, inter):
+            log.warning(
+                "model '%s' asks for %d intra-op / %d inter-op torch threads, but torch's thread pools are"
+                " process-wide and already set to %d / %d by the first TorchScript model; keeping those",
+                config.name, intra, inter, *_threads,
+            )
+
+
+# -- binding ------------------------------------------------------------------------------
+def _input_binding(config: mc.ModelConfig, module: torch.jit.ScriptModule) -> tuple[list[str], bool]:
+    """Config input names in forward()'s argument order; True when forward() takes one Dict[str, Tensor]."""
+    args = _arguments(module)
+    names = [t.name for t in config.input]
+    if len(args) == 1 and args[0].type.kind() == "DictType":
+        return names, True
+    for arg in args:
+        if arg.type.kind() not in ("TensorType", "OptionalType"):
+            raise invalid(
+                f"unable to load model '{config.name}': forward() argument '{arg.name}' has type {arg.type};"
+                " only Tensor arguments or a single Dict[str, Tensor] are supported"
+            )
+    if len(args) != len(names):
+        raise invalid(
+            f"unable to load model '{config.name}', configuration expects {len(names)} inputs, model provides"
+            f" {len(args)}: {_signature_text(module)}"
+        )
+    arg_names = [a.name for a in args]
+    if all(name in arg_names for name in names):
+        order = {name: arg_names.index(name) for name in names}
+    elif all(_NAMED_INDEX.search(name) for name in names):
+        order = {name: int(_NAMED_INDEX.search(name).group(1)) for name in names}
+    else:
+        log.warning(
+            "model '%s': inputs %s are neither forward() argument names %s nor <name>__<index>;"
+            " binding them in configuration order", config.name, names, arg_names,
+        )
+        order = {name: i for i, name in enumerate(names)}
+    if sorted(order.values()) != list(range(len(names))):
+        raise invalid(
+            f"unable to load model '{config.name}': input indices {sorted(order.values())} from the names"
+            f" {names} do not cover forward()'s {len(names)} argument(s) once each"
+        )
+    return sorted(names, key=order.__getitem__), False
+
+
+def _output_indices(config: mc.ModelConfig) -> dict[str, int]:
+    names = [t.name for t in config.output]
+    if all(_NAMED_INDEX.search(name) for name in names):
+        return {name: int(_NAMED_INDEX.search(name).group(1)) for name in names}
+    return {name: i for i, name in enumerate(names)}
+
+
+def _short(error: Exception) -> str:
+    """The error without TorchScript's interpreter traceback (its last line is the actual error)."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[-1].strip() if any("Traceback" in line for line in lines) else " ".join(lines)
+
+
+def _results(value: Any) -> list[torch.Tensor]:
+    """forward()'s result as a list of tensors: a Tensor, or a tuple/list of them."""
+    items = list(value) if isinstance(value, (tuple, list)) else [value]
+    for i, item in enumerate(items):
+        if not isinstance(item, torch.Tensor):
+            raise internal(f"PyTorch model output {i} is a {type(item).__name__}; only Tensor outputs are supported")
+    return items
+
+
+def _fits(shape: list[int], dims: list[int]) -> bool:
+    return len(shape) == len(dims) and all(d == -1 or d == s for s, d in zip(shape, dims))
+
+
+class TorchModel:
+    def __init__(self, config: mc.ModelConfig, model_file: Path, settings: InstanceSettings) -> None:
+        self.name = config.name
+        self.device = _device(config, settings)
+        _set_threads(config, settings)
+        self.module = _open(model_file, self.device)
+        self.batching = config.max_batch_size > 0
+        self.input_order, self.dict_input = _input_binding(config, self.module)
+        self.output_index = _output_indices(config)
+        self.outputs = {t.name: t for t in config.output}
+        for t in [*config.input, *config.output]:
+            if mc.DataType.Name(t.data_type) not in _TORCH_TYPES:
+                raise invalid(
+                    f"unable to load model '{config.name}': unsupported datatype"
+                    f" {mc.DataType.Name(t.data_type)} for '{t.name}' in the pytorch backend"
+                )
+        self._warm_up(config)
+
+    def _warm_up(self, config: mc.ModelConfig) -> None:
+        """Run zeros once when every input shape is known: checks the outputs against the config at
+        load time (a mismatch makes the model unavailable, not every request fail) and lets the
+        TorchScript profiling executor do its first, slow runs before real requests come."""
+        zeros = _zeros(config)
+        if zeros is None:
+            return
+        try:
+            self.run(zeros, list(self.outputs))
+        except Exception as e:
+            message = e.message if isinstance(e, ServerError) else _short(e)
+            raise invalid(f"unable to load model '{config.name}': a test run on zeros failed: {message}") from None
+
+    def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        # Arrays from the wire are read-only; a model may write into its inputs, so those are copied.
+        tensors = {
+            name: torch.from_numpy(a if a.flags.writeable else a.copy()).to(self.device) for name, a in inputs.items()
+        }
+        batch = next(iter(inputs.values())).shape[0] if self.batching and inputs else None
+        try:
+            with torch.inference_mode():
+                if self.dict_input:
+                    value = self.module(tensors)
+                else:
+                    # An optional input the request leaves out is None (Optional[Tensor] in forward()).
+                    value = self.module(*(tensors.get(name) for name in self.input_order))
+        except Exception as e:  # TorchScript raises torch.jit.Error / RuntimeError with the model's message
+            raise internal(f"PyTorch execute failure: {_short(e)}") from None
+        results = _results(value)
+        return {name: self._output(name, results, batch) for name in outputs}
+
+    def _output(self, name: str, results: list[torch.Tensor], batch: int | None) -> np.ndarray:
+        index = self.output_index[name]
+        if index >= len(results):
+            raise internal(
+                f"the output {name} in the model configuration refers to an output index which doesn't exist."
+                f" This model has {len(results)} outputs"
+            )
+        tensor = results[index]
+        spec = self.outputs[name]
+        expected = mc.DataType.Name(spec.data_type)
+        actual = _CONFIG_TYPES.get(tensor.dtype, str(tensor.dtype))
+        if actual != expected:
+            raise internal(f"configuration expects datatype {expected} for output '{name}', model provides {actual}")
+        shape = list(tensor.shape)
+        dims = list(spec.reshape.shape) if spec.HasField("reshape") else list(spec.dims)
+        if batch is not None:
+            if not shape or shape[0] != batch:
+                raise internal(
+                    f"output '{name}' has shape {shape}; its first dimension should be the batch size {batch}"
+                )
+            shape = shape[1:]
+        if not _fits(shape, dims):
+            raise internal(
+                f"output '{name}' has shape {shape}{' after the batch dimension' if batch is not None else ''},"
+                f" but the configuration says {dims}"
+            )
+        return tensor.detach().cpu().numpy()
+
+    def close(self) -> None:
+        del self.module
+
+
+def load(config: mc.ModelConfig, model_file: Path, settings: InstanceSettings) -> TorchModel:
+    return TorchModel(config, model_file, settings)
+
+
+# -- auto-complete ------------------------------------------------------------------------
+def _zeros(config: mc.ModelConfig) -> dict[str, np.ndarray] | None:
+    """A zero batch of one for every input, or None when a dim is variable (no safe size to pick)."""
+    zeros = {}
+    for t in config.input:
+        dims = list(t.reshape.shape) if t.HasField("reshape") else list(t.dims)
+        if any(d < 0 for d in dims) or mc.DataType.Name(t.data_type) not in _TORCH_TYPES:
+            return None
+        shape = ([1] if config.max_batch_size > 0 else []) + dims
+        dtype = datatypes.to_numpy(datatypes.from_config(mc.DataType.Name(t.data_type)))
+        zeros[t.name] = np.zeros(shape, dtype)
+    return zeros
+
+
+def autocomplete(config: mc.ModelConfig, model_file: Path) -> None:
+    module = _open(model_file, torch.device("cpu"))
+    if not config.input:
+        raise invalid(
+            f"auto-complete of model '{config.name}' is not supported for the pytorch backend: TorchScript"
+            " records no input datatypes or shapes. Write a config.pbtxt listing the inputs (name, data_type,"
+            f" dims, max_batch_size); the model is {_signature_text(module)}, so name the inputs after those"
+            " arguments (or input__0, input__1, ... by position); outputs may then be left out"
+        )
+    if config.output:
+        return
+    zeros = _zeros(config)
+    if zeros is None:
+        raise invalid(
+            f"model '{config.name}' lists no outputs and they cannot be auto-completed: an input has a"
+            " variable dimension, so no test run is possible; list the outputs in config.pbtxt"
+        )
+    names, dict_input = _input_binding(config, module)
+    tensors = {name: torch.from_numpy(array) for name, array in zeros.items()}
+    try:
+        with torch.inference_mode():
+            value = module(tensors) if dict_input else module(*(tensors[n] for n in names))
+        results = _results(value)
+    except Exception as e:
+        raise invalid(
+            f"model '{config.name}' lists no outputs and a test run on zeros to find them failed: {_short(e)}"
+        ) from None
+    skip = 1 if config.max_batch_size > 0 else 0
+    for i, tensor in enumerate(results):
+        data_type = _CONFIG_TYPES.get(tensor.dtype)
+        if data_type is None:
+            raise invalid(f"model '{config.name}': output {i} has datatype {tensor.dtype}, not supported")
+        config.output.add(name=f"output__{i}", data_type=data_type, dims=list(tensor.shape)[skip:])
+    log.info("model '%s': outputs auto-completed from a test run: %s", config.name,
+             [(o.name, mc.DataType.Name(o.data_type), list(o.dims)) for o in config.output])

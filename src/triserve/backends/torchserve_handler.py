@@ -1,0 +1,77 @@
+"""TorchServe custom-handler backend (`platform: "torchserve_handler"`): Python code from an archive.
+
+Archive code is executed only after the operator allowed it (`triserve serve
+--allow-custom-handlers` calls allow()); otherwise loading fails with a reason saying so.
+The model file is the archive's `MAR-INF/MANIFEST.json`; its folder's parent is the
+extracted archive (the handler's `model_dir`). See handlers/custom.py for the semantics.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from tritonclient.grpc import model_config_pb2 as mc
+
+from triserve.backends import InstanceSettings
+from triserve.errors import invalid
+from triserve.handlers.custom import INPUT, OUTPUTS, CustomHandler
+
+BACKEND = "torchserve_handler"
+DEFAULT_FILENAME = "MAR-INF/MANIFEST.json"
+
+_allowed = False
+
+
+def allow(allowed: bool = True) -> None:
+    """The operator's --allow-custom-handlers: archive code may run in this process."""
+    global _allowed
+    _allowed = allowed
+
+
+def allowed() -> bool:
+    return _allowed
+
+
+def autocomplete(config: mc.ModelConfig, model_file: Path) -> None:
+    if not config.input:
+        config.input.add(name=INPUT, data_type=mc.TYPE_STRING, dims=[1])
+    if not config.output:
+        for name in OUTPUTS:
+            config.output.add(name=name, data_type=mc.TYPE_STRING, dims=[1])
+
+
+class HandlerModel:
+    def __init__(self, config: mc.ModelConfig, model_file: Path, settings: InstanceSettings) -> None:
+        if not _allowed:
+            raise invalid(
+                f"model '{config.name}' runs Python handler code from its archive; triserve executes"
+                " archive code only when the server is started with --allow-custom-handlers"
+            )
+        if not model_file.is_file():
+            raise invalid(f"{model_file} not found")
+        manifest = json.loads(model_file.read_text(encoding="utf-8"))
+        gpu = int(settings.device.partition(":")[2] or 0) if settings.device.startswith("cuda") else None
+        self.batched = config.max_batch_size > 0
+        self.handler = CustomHandler(model_file.parent.parent, manifest, config.name, max(config.max_batch_size, 1), gpu)
+
+    def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        body = inputs[INPUT]
+        rows = [item if isinstance(item, dict) else {"body": item} for item in body.reshape(-1)]
+        replies = self.handler.handle(rows)
+        shape = (len(rows), 1) if self.batched else (1,)
+        response = np.empty(len(rows), dtype=np.object_)
+        content_type = np.empty(len(rows), dtype=np.object_)
+        for i, reply in enumerate(replies):
+            response[i] = reply.value
+            content_type[i] = reply.content_type.encode()
+        result = {OUTPUTS[0]: response.reshape(shape), OUTPUTS[1]: content_type.reshape(shape)}
+        return {name: result[name] for name in outputs}
+
+    def close(self) -> None:
+        self.handler = None  # type: ignore[assignment]
+
+
+def load(config: mc.ModelConfig, model_file: Path, settings: InstanceSettings) -> HandlerModel:
+    return HandlerModel(config, model_file, settings)

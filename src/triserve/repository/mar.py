@@ -1,0 +1,478 @@
+"""TorchServe model archives as a Catalog: `--model-store DIR --models NAME=FILE.mar ...|all`.
+
+Each registered archive is one version of a model (TorchServe's "1.0" strings map to version
+numbers 1, 2, ... in registration order). An archive is checked before anything is written
+(manifest fields are plain file names present in the archive, custom handler code needs
+--allow-custom-handlers) and then extracted safely into a private temporary folder; the model
+store is only ever read. The ModelConfig describes the serialized model so the core runs it
+like any other model:
+
+- `max_batch_size` = TorchServe's `batch_size`, dynamic batching with `max_batch_delay`, the
+  queue bounded by `job_queue_size` (a full queue answers 503, as in TorchServe);
+- `instance_group` count = workers;
+- `image_classifier` on TorchScript: input `input__0` FP32 [3,224,224] NCHW (the outputs are
+  found by the backend's test run); ONNX models describe themselves (auto-complete);
+- custom handlers (and eager-mode `modelFile` archives) run on the `torchserve_handler` platform.
+
+Settings priority, lowest first: config.properties `models`, the archive's model YAML
+(`configFile`), then the management API's parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tritonclient.grpc import model_config_pb2 as mc
+
+from triserve.errors import Code, ServerError, invalid, not_found
+from triserve.handlers import NATIVE, NOT_SUPPORTED, Handler, StatusError, native
+from triserve.repository.mar_extract import MANIFEST, Archive, iter_store
+from triserve.repository.mar_fetch import download, in_store, is_remote
+from triserve.repository.spec import ModelSpec
+
+log = logging.getLogger("triserve")
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")  # torch-model-archiver's rule
+DEFAULT_VERSION = "1.0"
+DEFAULT_BATCH_SIZE = 1
+DEFAULT_MAX_BATCH_DELAY_MS = 100
+DEFAULT_JOB_QUEUE_SIZE = 100
+TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".torchscript", ".ts")
+CUSTOM_PLATFORM = "torchserve_handler"
+# A file field of the manifest: torch-model-archiver stores basenames only.
+_FILE_FIELDS = ("serializedFile", "modelFile", "requirementsFile", "configFile")
+
+
+def conflict(message: str) -> ServerError:
+    return ServerError(message, Code.ALREADY_EXISTS)
+
+
+@dataclass
+class StoreOptions:
+    """The operator's choices that apply to every archive."""
+
+    allow_custom_handlers: bool = False
+    allowed_url_hosts: list[str] = field(default_factory=list)
+    default_workers: int | None = None  # None: the core's default instance count
+    job_queue_size: int = DEFAULT_JOB_QUEUE_SIZE
+    models_config: dict[str, Any] = field(default_factory=dict)  # config.properties `models` JSON
+
+
+@dataclass
+class Settings:
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_batch_delay_ms: int = DEFAULT_MAX_BATCH_DELAY_MS
+    workers: int | None = None  # None: the core's default
+
+
+@dataclass
+class Registration:
+    """One archive registered as one version of a model."""
+
+    name: str
+    version: str
+    url: str  # as given (describe's modelUrl)
+    source: Path | None
+    settings: Settings
+    loaded_at_startup: bool = False
+    manifest: dict = field(default_factory=dict)
+    folder: Path | None = None  # the extracted archive
+    handler: Handler | None = None
+    error: str = ""  # why a startup archive could not even be read
+
+    @property
+    def model(self) -> dict:
+        return self.manifest.get("model", {})
+
+
+def _int(value: Any, what: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise invalid(f"{what} must be an integer, got {value!r}") from None
+    return number
+
+
+def _apply(settings: Settings, values: dict[str, Any], source: str) -> None:
+    """Apply TorchServe's camelCase per-model keys (config.properties `models`, model YAML)."""
+    if values.get("batchSize") is not None:
+        settings.batch_size = max(_int(values["batchSize"], f"batchSize in {source}"), 1)
+    if values.get("maxBatchDelay") is not None:
+        settings.max_batch_delay_ms = max(_int(values["maxBatchDelay"], f"maxBatchDelay in {source}"), 0)
+    if values.get("minWorkers") is not None:
+        settings.workers = max(_int(values["minWorkers"], f"minWorkers in {source}"), 0)
+
+
+def check_manifest(archive: Archive, allow_custom_handlers: bool) -> None:
+    """Every file the manifest names is a plain name present in the archive; custom code needs the flag."""
+    model = archive.manifest["model"]
+    where = archive.path.name
+    for key in _FILE_FIELDS:
+        value = model.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value or "/" in value or "\\" in value or value in (".", ".."):
+            raise invalid(f"archive {where} refused: manifest {key} {value!r} must be a plain file name")
+        if value not in archive.files:
+            raise invalid(f"archive {where} refused: manifest {key} '{value}' is not in the archive")
+    handler = model.get("handler")
+    if not isinstance(handler, str) or not handler:
+        raise invalid(f"archive {where} has no handler in its manifest")
+    module = handler.split(":", 1)[0]
+    if module in NOT_SUPPORTED:
+        raise invalid(f"archive {where}: built-in handler '{module}' is not supported; supported: {', '.join(NATIVE)}")
+    custom = module not in NATIVE
+    if custom:
+        filename = module if module.endswith(".py") else module + ".py"
+        if "/" in filename or "\\" in filename or filename not in archive.files:
+            raise invalid(f"archive {where} refused: handler file '{filename}' is not in the archive")
+    if (custom or model.get("modelFile")) and not allow_custom_handlers:
+        what = f"a custom handler '{handler}'" if custom else f"model code '{model['modelFile']}' (eager mode)"
+        raise invalid(
+            f"archive {where} contains {what}, which is Python code from the archive; triserve runs"
+            " archive code only when the server is started with --allow-custom-handlers"
+        )
+    if model.get("requirementsFile"):
+        log.warning("archive %s: %s is not installed (triserve never installs packages from archives)",
+                    where, model["requirementsFile"])
+
+
+def needs_code(manifest: dict) -> bool:
+    model = manifest.get("model", {})
+    return model.get("handler", "").split(":", 1)[0] not in NATIVE or bool(model.get("modelFile"))
+
+
+class MarCatalog:
+    def __init__(self, store: Path | None, options: StoreOptions | None = None) -> None:
+        self.store = store
+        self.options = options or StoreOptions()
+        self._models: dict[str, dict[int, Registration]] = {}
+        self._default: dict[str, int] = {}
+        self._root = Path(tempfile.mkdtemp(prefix="triserve-mar-"))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self._root, True)
+        if store is not None and not store.is_dir():
+            raise invalid(f"model store '{store}' is not a directory")
+
+    # -- Catalog ------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """Models to run: a model scaled to 0 workers stays registered but is not loaded."""
+        return sorted(n for n in self._models if self.workers(n) != 0)
+
+    def read(self, name: str, config: mc.ModelConfig | None = None) -> ModelSpec:
+        """On a loader thread: extract what is not yet extracted, then describe the model."""
+        versions = self._models.get(name)
+        if not versions:
+            raise not_found(f"Model not found: {name}")
+        for registration in versions.values():
+            self._extract(registration)
+        default = versions[self._default[name]]
+        if config is None:
+            config = self.config(default)
+            if config.instance_group and config.instance_group[0].count == 0:
+                raise invalid(f"model '{name}' has 0 workers; scale it up to start it")
+        folders = {}
+        for number, registration in versions.items():
+            assert registration.folder is not None
+            self._link_model_file(registration, config.default_model_filename)
+            folders[number] = registration.folder
+        return ModelSpec(name, default.folder, config, folders, source=f"archive {default.url}")
+
+    # -- what the TorchServe front ends ask -----------------------------------------------------
+    def __contains__(self, name: str) -> bool:
+        return name in self._models
+
+    def registered(self) -> list[str]:
+        """Every registered model, also those scaled to 0 workers."""
+        return sorted(self._models)
+
+    def registrations(self, name: str) -> dict[int, Registration]:
+        versions = self._models.get(name)
+        if not versions:
+            raise not_found(f"Model not found: {name}")
+        return versions
+
+    def default_version(self, name: str) -> int:
+        self.registrations(name)
+        return self._default[name]
+
+    def resolve(self, name: str, version: str | None) -> int:
+        """TorchServe version string (None: the default) -> version number."""
+        versions = self.registrations(name)
+        if not version:
+            return self._default[name]
+        for number, registration in versions.items():
+            if registration.version == version:
+                return number
+        raise StatusError(f"Model version: {version} does not exist for model: {name}", 404,
+                          "ModelVersionNotFoundException")
+
+    def handler(self, name: str, number: int) -> Handler:
+        registration = self.registrations(name).get(number)
+        if registration is None or registration.handler is None:
+            raise not_found(f"Model version: {number} does not exist for model: {name}")
+        return registration.handler
+
+    def set_default(self, name: str, version: str) -> None:
+        self._default[name] = self.resolve(name, version)
+
+    def workers(self, name: str) -> int | None:
+        """The registered worker count of a model (None: the core's default)."""
+        return self._models[name][self._default[name]].settings.workers
+
+    def set_workers(self, name: str, workers: int) -> None:
+        for registration in self.registrations(name).values():
+            registration.settings.workers = workers
+
+    # -- registration ---------------------------------------------------------------------------
+    def add_startup(self, spec: str) -> None:
+        """One `--models` / `load_models` entry: `all`, `NAME=FILE` or `FILE` (in the store or a path)."""
+        if spec == "all":
+            if self.store is None:
+                raise invalid("--models all needs --model-store")
+            for path in iter_store(self.store):
+                self._add_startup(None, path, path.name)
+            return
+        name, sep, url = spec.partition("=")
+        if not sep:
+            name, url = "", spec
+        if is_remote(url):
+            raise invalid(f"--models {spec}: remote archives are not loaded at startup; download the archive to the model store")
+        path = Path(url)
+        if self.store is not None and (self.store / url).exists():
+            path = self.store / url
+        self._add_startup(name or None, path, url)
+
+    def _add_startup(self, name: str | None, path: Path, url: str) -> None:
+        registration = Registration(name or "", DEFAULT_VERSION, url, path, Settings(), loaded_at_startup=True)
+        try:
+            with Archive(path) as archive:
+                registration.manifest = archive.manifest
+                self._settle(registration, archive, name, {})
+        except ServerError as e:
+            registration.error = e.message
+            registration.name = registration.name or _stem(path)
+            log.error("model archive %s: %s", url, e.message)
+        if registration.name in self._models:
+            if any(r.version == registration.version for r in self._models[registration.name].values()):
+                log.error("model '%s' version %s is given twice; ignoring %s", registration.name, registration.version, url)
+                return
+        self._add(registration)
+
+    def prepare(self, url: str, model_name: str | None, params: dict[str, Any]) -> Registration:
+        """Management registration, on a worker thread: fetch, check, extract. Nothing is added yet."""
+        folder = Path(tempfile.mkdtemp(dir=self._root))
+        try:
+            if is_remote(url):
+                downloads = folder / "download"
+                downloads.mkdir()
+                path = download(url, self.options.allowed_url_hosts, downloads)
+            else:
+                path = in_store(self.store, url)
+            registration = Registration("", DEFAULT_VERSION, url, path, Settings())
+            with Archive(path) as archive:
+                registration.manifest = archive.manifest
+                self._settle(registration, archive, model_name, params)
+                self._check_new(registration)
+                target = folder / "model"
+                archive.extract(target)
+            registration.folder = target
+            registration.handler = self._handler(registration)
+            if is_remote(url):
+                shutil.rmtree(folder / "download", ignore_errors=True)
+                registration.source = None
+            return registration
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def add(self, registration: Registration) -> int:
+        """Add a prepared registration (on the event loop); returns its version number."""
+        self._check_new(registration)
+        return self._add(registration)
+
+    def remove(self, name: str, version: str | None = None) -> list[Registration]:
+        """Unregister one version (None: all); removing the default while others exist is refused."""
+        versions = self.registrations(name)
+        if version is None:
+            removed = list(versions.values())
+            del self._models[name]
+            del self._default[name]
+        else:
+            number = self.resolve(name, version)
+            if number == self._default[name] and len(versions) > 1:
+                raise StatusError(f"Cannot remove default version for model {name}", 403,
+                                  "InvalidModelVersionException")
+            removed = [versions.pop(number)]
+            if not versions:
+                del self._models[name]
+                del self._default[name]
+        return removed
+
+    def discard(self, registrations: list[Registration]) -> None:
+        """Delete the extracted files of unregistered versions (after the models are unloaded)."""
+        for registration in registrations:
+            if registration.folder is not None:
+                shutil.rmtree(registration.folder.parent, ignore_errors=True)
+
+    # -- internals ------------------------------------------------------------------------------
+    def _add(self, registration: Registration) -> int:
+        versions = self._models.setdefault(registration.name, {})
+        number = max(versions, default=0) + 1
+        versions[number] = registration
+        self._default.setdefault(registration.name, number)
+        return number
+
+    def _check_new(self, registration: Registration) -> None:
+        for existing in self._models.get(registration.name, {}).values():
+            if existing.version == registration.version:
+                raise conflict(
+                    f"Model version {registration.version} is already registered for model {registration.name}"
+                )
+
+    def _settle(self, registration: Registration, archive: Archive, name: str | None, params: dict[str, Any]) -> None:
+        """Name, version and settings from the manifest, config.properties, model YAML and `params`."""
+        check_manifest(archive, self.options.allow_custom_handlers)
+        model = archive.manifest["model"]
+        name = name or model.get("modelName") or ""
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            raise invalid(f"invalid model name {name!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit")
+        registration.name = name
+        registration.version = str(model.get("modelVersion") or DEFAULT_VERSION)
+        settings = Settings(workers=self.options.default_workers)
+        per_model = self.options.models_config.get(name, {})
+        if isinstance(per_model, dict):
+            values = per_model.get(registration.version)
+            _apply(settings, values if isinstance(values, dict) else {}, "config.properties models")
+        config_file = model.get("configFile")
+        if config_file:
+            try:
+                values = yaml.safe_load(archive.read(config_file, 1024**2)) or {}
+            except yaml.YAMLError as e:
+                raise invalid(f"archive {archive.path.name}: {config_file} is not valid YAML: {e}") from None
+            if not isinstance(values, dict):
+                raise invalid(f"archive {archive.path.name}: {config_file} must be a YAML mapping")
+            _apply(settings, values, config_file)
+        if params.get("batch_size") is not None:
+            settings.batch_size = max(_int(params["batch_size"], "batch_size"), 1)
+        if params.get("max_batch_delay") is not None:
+            settings.max_batch_delay_ms = max(_int(params["max_batch_delay"], "max_batch_delay"), 0)
+        if params.get("initial_workers") is not None:
+            settings.workers = max(_int(params["initial_workers"], "initial_workers"), 0)
+        registration.settings = settings
+
+    def _extract(self, registration: Registration) -> None:
+        if registration.error:
+            raise invalid(registration.error)
+        if registration.folder is not None:
+            return
+        assert registration.source is not None
+        folder = Path(tempfile.mkdtemp(dir=self._root))
+        try:
+            with Archive(registration.source) as archive:
+                check_manifest(archive, self.options.allow_custom_handlers)
+                registration.manifest = archive.manifest
+                archive.extract(folder / "model")
+            registration.folder = folder / "model"
+            registration.handler = self._handler(registration)
+        except BaseException:
+            registration.folder = None
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def _handler(self, registration: Registration) -> Handler:
+        assert registration.folder is not None
+        if needs_code(registration.manifest):
+            from triserve.handlers.custom import RowsHandler
+
+            return RowsHandler()
+        return native(registration.model["handler"].split(":", 1)[0], registration.folder)
+
+    def config(self, registration: Registration) -> mc.ModelConfig:
+        """The ModelConfig of a registered archive, from its manifest and settings."""
+        model = registration.model
+        settings = registration.settings
+        config = mc.ModelConfig(name=registration.name)
+        config.max_batch_size = max(settings.batch_size, 1)
+        config.dynamic_batching.max_queue_delay_microseconds = settings.max_batch_delay_ms * 1000
+        config.dynamic_batching.default_queue_policy.max_queue_size = self.options.job_queue_size
+        config.version_policy.all.SetInParent()
+        if settings.workers is not None:
+            config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=settings.workers)
+        if needs_code(registration.manifest):
+            config.platform = CUSTOM_PLATFORM
+            config.default_model_filename = MANIFEST
+            return config
+        serialized = model.get("serializedFile")
+        if not serialized:
+            raise invalid(f"archive of model '{registration.name}' has no serializedFile")
+        suffix = Path(serialized).suffix.lower()
+        if suffix in TORCHSCRIPT_SUFFIXES:
+            config.platform = "pytorch_libtorch"
+        elif suffix == ".onnx":
+            config.platform = "onnxruntime_onnx"
+        else:
+            raise invalid(
+                f"archive of model '{registration.name}': serialized file '{serialized}' is neither"
+                " TorchScript (.pt) nor ONNX (.onnx)"
+            )
+        config.default_model_filename = serialized
+        if model["handler"].split(":", 1)[0] == "image_classifier" and config.platform == "pytorch_libtorch":
+            # TorchScript records no shapes: the input is what the handler makes; the backend
+            # finds the outputs with a test run.
+            config.input.add(name="input__0", data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW, dims=[3, 224, 224])
+        return config
+
+    def _link_model_file(self, registration: Registration, filename: str) -> None:
+        """Versions whose serialized file has another name get a link under the model's file name."""
+        assert registration.folder is not None
+        target = registration.folder / filename
+        if target.exists() or filename == MANIFEST:
+            return
+        source = registration.model.get("serializedFile")
+        if source and (registration.folder / source).is_file():
+            try:
+                os.link(registration.folder / source, target)
+            except OSError:
+                shutil.copyfile(registration.folder / source, target)
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".tar.gz", ".tgz", ".mar", ".model"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def from_options(extra: dict[str, Any]) -> MarCatalog | None:
+    """The archive catalog `triserve serve` options ask for (--model-store, --models), if any."""
+    if not extra.get("model_store") and not extra.get("models"):
+        return None
+    if extra.get("allow_custom_handlers"):
+        from triserve.backends import torchserve_handler
+
+        torchserve_handler.allow(True)
+    hosts = [h.strip() for entry in extra.get("allowed_url_hosts") or [] for h in entry.split(",") if h.strip()]
+    options = StoreOptions(
+        allow_custom_handlers=bool(extra.get("allow_custom_handlers")),
+        allowed_url_hosts=hosts,
+        default_workers=extra.get("default_workers_per_model"),
+        job_queue_size=extra.get("job_queue_size") or DEFAULT_JOB_QUEUE_SIZE,
+        models_config=extra.get("ts_models_config") or {},
+    )
+    store = Path(extra["model_store"]) if extra.get("model_store") else None
+    catalog = MarCatalog(store, options)
+    for spec in extra.get("models") or []:
+        for item in str(spec).split(","):
+            if item.strip():
+                catalog.add_startup(item.strip())
+    return catalog

@@ -1,0 +1,168 @@
+"""TorchServe archives: reading what torch-model-archiver writes, and refusing what is unsafe."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.torchserve_archives import (
+    escape_to,
+    manifest,
+    marker_handler,
+    tar_archive,
+    torch_model_archiver,
+    zip_archive,
+)
+from triserve.errors import ServerError
+from triserve.repository.mar import MarCatalog, StoreOptions
+from triserve.repository.mar_extract import Archive
+from triserve.repository.mar_fetch import download, in_store
+from triserve.repository.ts_config import apply, parse_properties
+
+MODEL = b"not really a model"
+
+
+@pytest.fixture
+def inputs(tmp_path) -> Path:
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(MODEL)
+    (folder / "index_to_name.json").write_text('{"0": ["n01440764", "tench"], "1": "goldfish"}')
+    return folder
+
+
+@pytest.mark.parametrize("fmt", ["default", "zip-store", "tgz", "no-archive"])
+def test_every_torch_model_archiver_format_opens_and_extracts(tmp_path, inputs, fmt):
+    path = torch_model_archiver(tmp_path / "store", "fish", "2.0", "image_classifier",
+                                serialized=inputs / "model.onnx", extra=[inputs / "index_to_name.json"], fmt=fmt)
+    with Archive(path) as archive:
+        assert archive.manifest["model"] == {"modelName": "fish", "serializedFile": "model.onnx",
+                                             "handler": "image_classifier", "modelVersion": "2.0"}
+        assert archive.files == {"model.onnx", "index_to_name.json", "MAR-INF/MANIFEST.json"}
+        archive.extract(tmp_path / "out")
+    assert (tmp_path / "out" / "model.onnx").read_bytes() == MODEL
+
+
+def test_catalog_describes_an_onnx_archive(tmp_path, inputs):
+    store = tmp_path / "store"
+    torch_model_archiver(store, "fish", "2.0", "image_classifier", serialized=inputs / "model.onnx",
+                         extra=[inputs / "index_to_name.json"])
+    (store / "fish-config.yaml").write_text("batchSize: 4\nmaxBatchDelay: 7\nminWorkers: 3\n")
+    torch_model_archiver(store, "fish_yaml", "1.0", "image_classifier", serialized=inputs / "model.onnx",
+                         config_file=store / "fish-config.yaml")
+    catalog = MarCatalog(store)
+    catalog.add_startup("all")
+    assert catalog.names() == ["fish", "fish_yaml"]
+    spec = catalog.read("fish")
+    assert spec.config.platform == "onnxruntime_onnx"
+    assert spec.config.default_model_filename == "model.onnx"
+    assert spec.config.max_batch_size == 1 and spec.config.dynamic_batching.max_queue_delay_microseconds == 100_000
+    assert catalog.resolve("fish", "2.0") == 1 and catalog.resolve("fish", None) == 1
+    assert catalog.handler("fish", 1).label(0) == "tench"  # a list value means its last element
+    assert catalog.handler("fish", 1).label(1) == "goldfish"
+    yaml_spec = catalog.read("fish_yaml")
+    assert yaml_spec.config.max_batch_size == 4
+    assert yaml_spec.config.dynamic_batching.max_queue_delay_microseconds == 7000
+    assert yaml_spec.config.instance_group[0].count == 3
+    with pytest.raises(ServerError) as e:
+        catalog.resolve("fish", "9.9")
+    assert e.value.message == "Model version: 9.9 does not exist for model: fish"
+
+
+def _refused(path: Path, words: str, tmp_path: Path) -> None:
+    out = tmp_path / "extracted"
+    with pytest.raises(ServerError) as e:
+        with Archive(path) as archive:
+            archive.extract(out)
+    assert words in e.value.message
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("writer", [zip_archive, tar_archive])
+def test_slip_absolute_and_link_entries_refuse_the_whole_archive(tmp_path, writer):
+    victim = tmp_path / "victim" / "pwned.txt"
+    good = {"MAR-INF/MANIFEST.json": manifest("m", serializedFile="model.onnx"), "model.onnx": MODEL}
+    suffix = ".mar" if writer is zip_archive else ".tar.gz"
+    _refused(writer(tmp_path / f"slip{suffix}", {**good, escape_to(victim): b"x"}), "'..'", tmp_path)
+    _refused(writer(tmp_path / f"abs{suffix}", {**good, str(victim): b"x"}), "absolute", tmp_path)
+    _refused(writer(tmp_path / f"link{suffix}", good, symlinks={"index_to_name.json": "/etc/passwd"}), "link", tmp_path)
+    assert not victim.exists() and not victim.parent.exists()
+
+
+def test_folder_with_a_link_is_refused(tmp_path):
+    folder = tmp_path / "m"
+    (folder / "MAR-INF").mkdir(parents=True)
+    (folder / "MAR-INF" / "MANIFEST.json").write_bytes(manifest("m", serializedFile="model.onnx"))
+    (folder / "model.onnx").symlink_to("/etc/passwd")
+    _refused(folder, "symbolic link", tmp_path)
+
+
+def test_manifest_file_fields_must_be_plain_names_in_the_archive(tmp_path):
+    catalog = MarCatalog(tmp_path)
+    zip_archive(tmp_path / "cfg.mar", {"MAR-INF/MANIFEST.json": manifest("cfg", serializedFile="model.onnx",
+                                                                          configFile="../../etc/passwd"),
+                                       "model.onnx": MODEL})
+    with pytest.raises(ServerError) as e:
+        catalog.prepare("cfg.mar", None, {})
+    assert "plain file name" in e.value.message
+
+
+def test_custom_handler_is_neither_extracted_nor_run_without_the_flag(tmp_path):
+    marker = tmp_path / "executed"
+    handler = marker_handler(tmp_path / "evil.py", marker, "def handle(data, context):\n    return data\n")
+    store = tmp_path / "store"
+    torch_model_archiver(store, "evil", "1.0", str(handler), extra=[])
+    catalog = MarCatalog(store)
+    with pytest.raises(ServerError) as e:
+        catalog.prepare("evil.mar", None, {})
+    assert "--allow-custom-handlers" in e.value.message
+    assert not marker.exists()
+    assert list(catalog._root.iterdir()) == []  # nothing extracted
+    catalog.add_startup("evil.mar")  # at startup: the model fails to load with the reason
+    with pytest.raises(ServerError) as e:
+        catalog.read("evil")
+    assert "--allow-custom-handlers" in e.value.message and not marker.exists()
+
+
+def test_registration_urls_stay_in_the_store(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    (tmp_path / "outside.mar").write_bytes(b"x")
+    (store / "link.mar").symlink_to(tmp_path / "outside.mar")
+    for url in ("../outside.mar", str(tmp_path / "outside.mar"), "sub/x.mar", "..", ".hidden.mar", "link.mar"):
+        with pytest.raises(ServerError):
+            in_store(store, url)
+    with pytest.raises(ServerError) as e:
+        download("http://example.com/m.mar", [], tmp_path)
+    assert "disabled" in e.value.message
+    for url in ("https://evil.example.com/m.mar", "http://example.com:8080/m.mar", "file:///etc/passwd",
+                "http://user@example.com/m.mar"):
+        with pytest.raises(ServerError):
+            download(url, ["example.com"], tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outside.mar", "store"]
+
+
+def test_config_properties(tmp_path):
+    os.environ["TRISERVE_TEST_STORE"] = str(tmp_path)
+    text = (
+        "# comment\ninference_address=http://0.0.0.0:9080\nmanagement_address=http://127.0.0.1:9081\n"
+        "model_store=$$TRISERVE_TEST_STORE$$\nload_models=a=a.mar,b.mar\ndefault_workers_per_model=3\n"
+        'models={"a": {"1.0": {"batchSize": 8, \\\n "maxBatchDelay": 50}}}\nenable_model_api=true\n'
+    )
+    assert parse_properties(text)["models"] == '{"a": {"1.0": {"batchSize": 8, "maxBatchDelay": 50}}}'
+    path = tmp_path / "config.properties"
+    path.write_text(text)
+    extra: dict = {"models": []}
+    ports = {"torchserve_inference": 8080, "torchserve_management": 7000}
+    defaults = {"torchserve_inference": 8080, "torchserve_management": 8081}
+    apply(path, extra, ports, defaults, "127.0.0.1", "127.0.0.1")
+    assert ports == {"torchserve_inference": 9080, "torchserve_management": 7000}  # the command line wins
+    assert extra["torchserve_hosts"]["torchserve_inference"] == "0.0.0.0"
+    assert extra["model_store"] == str(tmp_path)
+    assert extra["models"] == ["a=a.mar", "b.mar"]
+    assert extra["default_workers_per_model"] == 3 and extra["enable_model_api"] is True
+    assert extra["ts_models_config"] == {"a": {"1.0": {"batchSize": 8, "maxBatchDelay": 50}}}
+    store_options = StoreOptions(models_config=extra["ts_models_config"])
+    assert store_options.models_config["a"]["1.0"]["batchSize"] == 8
