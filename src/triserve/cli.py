@@ -165,11 +165,17 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("dir", help="output folder; the repository is DIR/model_repository")
     e.set_defaults(func=_export)
 
-    b = sub.add_parser("bench", help="served vs raw onnxruntime throughput and latency")
-    b.add_argument("--model-repository", required=True)
-    b.add_argument("-m", "--model-name", default="efficientnet_lite0_onnx")
+    b = sub.add_parser("bench", help="served vs raw in-process throughput and latency (ONNX, gRPC, TorchServe, backends)")
+    b.add_argument("--model-repository", required=True, help="the example repository (DIR/model_repository of export-examples)")
+    b.add_argument("-m", "--model-name", default="efficientnet_lite0_onnx", help="the ONNX model (onnx, grpc, backends)")
     b.add_argument("--seconds", type=float, default=5.0, help="length of each measurement")
-    b.add_argument("--concurrency", default="1,8", help="comma-separated client concurrencies")
+    b.add_argument("--concurrency", default="1,8", help="comma-separated client concurrencies of the onnx section")
+    b.add_argument("--sections", default="onnx,grpc,torchserve,backends",
+                   help="comma-separated sections to run: onnx, grpc, torchserve, backends (default all)")
+    b.add_argument("--model-store", default=None, help="TorchServe model store (default: model_store beside the repository)")
+    b.add_argument("--archive", default="efficientnet_lite0.mar", help="the archive of the torchserve section")
+    b.add_argument("--backend-models", default="efficientnet_lite0_torch,efficientnet_lite0_tf",
+                   help="repository models compared with their framework in the backends section, besides -m")
     b.set_defaults(func=_bench)
     return p
 

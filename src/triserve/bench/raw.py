@@ -1,0 +1,109 @@
+"""Raw in-process inference: each framework called directly, threads configured as the server does.
+
+Frameworks are imported only when a model of theirs is measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from triserve.bench.results import Result, result
+
+Runner = Callable[[np.ndarray], np.ndarray]  # one input batch -> the model's first output
+
+FRAMEWORKS = {
+    "onnxruntime_onnx": "onnxruntime",
+    "pytorch_libtorch": "torch.jit",
+    "tensorflow_savedmodel": "TF SavedModel",
+}
+
+
+def _onnx_runners(model_file: Path, count: int, threads: int) -> list[Runner]:
+    import onnxruntime as ort
+
+    def runner() -> Runner:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda x: session.run(None, {name: x})[0]
+
+    return [runner() for _ in range(count)]
+
+
+def _torch_runners(model_file: Path, count: int, threads: int) -> list[Runner]:
+    import torch
+
+    # Process-wide pools, set as the server's pytorch backend sets them; inter-op only before first use.
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)
+
+    def runner() -> Runner:
+        module = torch.jit.load(str(model_file), map_location="cpu").eval()
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                out = module(torch.from_numpy(x))
+            return (out[0] if isinstance(out, (tuple, list)) else out).numpy()
+
+        return run
+
+    return [runner() for _ in range(count)]  # one module per instance, as the server loads them
+
+
+def _tf_runners(model_file: Path, count: int, threads: int) -> list[Runner]:
+    import tensorflow as tf
+
+    from triserve.core.instances import cpu_count
+
+    with contextlib.suppress(RuntimeError):  # process-wide, fixed once TensorFlow has started
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(cpu_count())  # as the server's backend
+    root = tf.saved_model.load(str(model_file))  # a signature needs its root alive (the variables)
+    key = next(iter(root.signatures["serving_default"].structured_input_signature[1]))
+
+    def run(x: np.ndarray) -> np.ndarray:
+        outputs = root.signatures["serving_default"](**{key: tf.constant(x)})
+        return next(iter(outputs.values())).numpy()
+
+    return [run] * count  # the server's instances share one loaded SavedModel too
+
+
+_OPENERS = {"onnxruntime_onnx": _onnx_runners, "pytorch_libtorch": _torch_runners, "tensorflow_savedmodel": _tf_runners}
+
+
+def open_runners(platform: str, model_file: Path, count: int, threads: int) -> list[Runner]:
+    """`count` instances of a model in this process, each computing with `threads` intra-op threads."""
+    if platform not in _OPENERS:
+        raise RuntimeError(f"no raw in-process runner for platform '{platform}' (only {', '.join(_OPENERS)})")
+    return _OPENERS[platform](model_file, count, threads)
+
+
+def measure_raw(label: str, calls: list[Callable[[], Any]], images_per_call: int, seconds: float) -> Result:
+    """Each call in its own thread, back to back, for `seconds` (after a few warm-up calls)."""
+    for call in calls:
+        for _ in range(3):  # the first runs compile and profile (TorchScript, TF functions)
+            call()
+    latencies: list[list[float]] = [[] for _ in calls]
+    stop = time.perf_counter() + seconds
+
+    def loop(call: Callable[[], Any], out: list[float]) -> None:
+        while (t := time.perf_counter()) < stop:
+            call()
+            out.append(time.perf_counter() - t)
+
+    start = time.perf_counter()
+    workers = [threading.Thread(target=loop, args=pair) for pair in zip(calls, latencies)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return result(label, [v for per in latencies for v in per], time.perf_counter() - start, images_per_call)

@@ -1,0 +1,59 @@
+"""One measurement's throughput and latency, and a section's markdown table of served/raw ratios."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Result:
+    label: str
+    images_per_s: float
+    p50_ms: float
+    p99_ms: float
+
+    def ratio(self, raw: Result) -> float:
+        return self.images_per_s / raw.images_per_s if raw.images_per_s else float("nan")
+
+
+def result(label: str, latencies: list[float], elapsed: float, images_per_call: int = 1) -> Result:
+    """From the latencies (seconds) of the calls completed in `elapsed` seconds; none completed: 0 images/s."""
+    if not latencies:
+        return Result(label, 0.0, float("nan"), float("nan"))
+    ms = np.array(latencies) * 1000
+    return Result(label, len(latencies) * images_per_call / elapsed, float(np.percentile(ms, 50)),
+                  float(np.percentile(ms, 99)))
+
+
+def best(results: list[Result]) -> Result:
+    return max(results, key=lambda r: r.images_per_s)
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+def progress(r: Result) -> Result:
+    """Each measurement on stderr as it finishes (a run takes minutes)."""
+    print(f"  {r.label}: {r.images_per_s:.1f} images/s, p50 {r.p50_ms:.2f} ms", file=sys.stderr, flush=True)
+    return r
+
+
+@dataclass
+class Table:
+    """One section: rows of (measurement, the raw result it is divided by), notes, summary lines."""
+
+    title: str
+    rows: list[tuple[Result, Result]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    summary: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        lines = [f"## {self.title}", "",
+                 "| measurement | images/s | p50 ms | p99 ms | / raw |", "|---|---|---|---|---|"]
+        for r, raw in self.rows:
+            lines.append(f"| {r.label} | {r.images_per_s:.1f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.ratio(raw):.2f} |")
+        return "\n".join([*lines, "", *self.notes, ""])

@@ -1,0 +1,219 @@
+"""The benchmark's sections: each measures raw in-process and served, and returns its table."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager
+
+import numpy as np
+from tritonclient.grpc import model_config_pb2 as mc
+
+from triserve.bench.load import GRPCSender, HTTPSender, Sender, http_request, served
+from triserve.bench.models import BenchModel, jpeg, photo, read_bench_model, v2_binary_request, v2_grpc_request
+from triserve.bench.raw import FRAMEWORKS, Runner, measure_raw, open_runners
+from triserve.bench.results import Result, Table, best, progress, verdict
+from triserve.bench.servers import link_repository, running_server
+
+RAW_BATCHES = (1, 4)
+GRPC_CONCURRENCIES = (1, 16)
+TORCHSERVE_CONCURRENCIES = (1, 8)
+BACKENDS_CONCURRENCY = 8
+GRPC_AIM_MS = 1.0  # issue 5: gRPC p50 at concurrency 1 within 1 ms of raw
+TORCHSERVE_AIM = 0.85  # issue 6: served JPEG requests/s at least 0.85 of the in-process ceiling
+
+
+class Bench:
+    """The options, the photo, and raw results measured once per run and shared by the sections."""
+
+    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+        from triserve.core.instances import DEFAULT_CPU_INSTANCES, cpu_count
+
+        self.repo = Path(args.model_repository)
+        self.store = Path(args.model_store) if args.model_store else self.repo.parent / "model_store"
+        self.archive = args.archive
+        self.onnx_model = args.model_name
+        self.backend_models = [n.strip() for n in args.backend_models.split(",") if n.strip()]
+        self.concurrencies = [int(c) for c in args.concurrency.split(",")]
+        self.seconds = args.seconds
+        self.tmp = tmp
+        self.cores = cpu_count()
+        # What the server runs by default: two instances sharing the cores.
+        self.server_threads = (DEFAULT_CPU_INSTANCES, max(1, self.cores // DEFAULT_CPU_INSTANCES))
+        self.onnx_configs = sorted({(self.cores, 1), (1, self.cores), self.server_threads})
+        self.image = photo()
+        self.jpeg = jpeg(self.image)
+        self._models: dict[str, BenchModel] = {}
+        self._raw: dict[tuple[str, int, int, int], Result] = {}
+
+    def model(self, name: str) -> BenchModel:
+        if name not in self._models:
+            self._models[name] = read_bench_model(self.repo, name, self.image)
+        return self._models[name]
+
+    def raw(self, name: str, count: int, threads: int, batches: tuple[int, ...] = RAW_BATCHES) -> list[Result]:
+        """`count` instances x `threads` threads in-process, one result per batch size (each measured once per run)."""
+        model = self.model(name)
+        missing = [b for b in batches if (name, count, threads, b) not in self._raw]
+        if missing:
+            runners = open_runners(model.platform, model.model_file, count, threads)
+            for batch in missing:
+                x = np.ascontiguousarray(np.repeat(model.sample[None], batch, axis=0))
+                label = f"raw {model.framework} {name}, {count} instance(s) x {threads} thread(s), batch {batch}"
+                calls = [functools.partial(run, x) for run in runners]
+                self._raw[name, count, threads, batch] = progress(measure_raw(label, calls, batch, self.seconds))
+        return [self._raw[name, count, threads, b] for b in batches]
+
+    def raw_onnx(self) -> list[Result]:
+        """onnxruntime over the instance x thread configurations and batch sizes; the best is the baseline."""
+        return [r for count, threads in self.onnx_configs for r in self.raw(self.onnx_model, count, threads)]
+
+    def raw_onnx_one(self) -> Result:
+        """One request at a time runs on one single-threaded instance: the same, raw."""
+        return self.raw(self.onnx_model, 1, 1, (1,))[0]
+
+    def served(self, label: str, sender: Sender, concurrency: int) -> Result:
+        return served(f"{label}, concurrency {concurrency}", sender, concurrency, self.seconds)
+
+    def repository_server(self, section: str, names: list[str], frontends: tuple[str, ...],
+                          unbatched: tuple[str, ...] = ()) -> ContextManager[dict[str, int]]:
+        """A server of just the named models of the repository (context manager yielding the ports)."""
+        repo = link_repository(self.tmp / section, self.repo, names, unbatched)
+        return self.server(section, ["--model-repository", str(repo)], frontends)
+
+    def server(self, section: str, args: list[str], frontends: tuple[str, ...]) -> ContextManager[dict[str, int]]:
+        return running_server(args, frontends, self.tmp / f"{section}-server.log")
+
+
+def onnx_section(b: Bench) -> Table:
+    model = b.model(b.onnx_model)
+    raws = b.raw_onnx()
+    top_raw = best(raws)
+    table = Table(f"onnx: {model.name} over binary HTTP vs the best raw onnxruntime", [(r, top_raw) for r in raws])
+    variants = ((model.name, "served binary HTTP, dynamic batching"),
+                (f"{model.name}_no_batching", "served binary HTTP, no batching"))
+    with b.repository_server("onnx", [model.name], ("http",), unbatched=(model.name,)) as ports:
+        port = ports["http"]
+        senders = [(label, HTTPSender(port, v2_binary_request(dataclasses.replace(model, name=name), port)))
+                   for name, label in variants]
+        results = [b.served(label, sender, c) for label, sender in senders for c in b.concurrencies]
+    one = b.raw_onnx_one()
+    table.rows += [(one, top_raw)] + [(r, top_raw) for r in results]
+    top = best(results)
+    table.summary.append(f"onnx: best {top.label}: {top.ratio(top_raw):.2f} of the best raw"
+                         f" ({top.images_per_s:.1f} vs {top_raw.images_per_s:.1f} images/s)")
+    firsts = [r for r in results if r.label.endswith(", concurrency 1")]
+    if firsts:
+        table.summary.append(f"onnx: added p50 at concurrency 1 over raw 1 x 1 ({one.p50_ms:.2f} ms): "
+                             + ", ".join(f"{r.label.split(', ')[1]} {r.p50_ms - one.p50_ms:+.2f} ms" for r in firsts))
+    return table
+
+
+def grpc_section(b: Bench) -> Table:
+    model = b.model(b.onnx_model)
+    top_raw, one = best(b.raw_onnx()), b.raw_onnx_one()
+    table = Table(f"grpc: {model.name}, KServe v2 gRPC vs binary HTTP (dynamic batching as configured)",
+                  [(top_raw, top_raw), (one, top_raw)])
+    with b.repository_server("grpc", [model.name], ("http", "grpc")) as ports:
+        senders = {"gRPC": GRPCSender(ports["grpc"], v2_grpc_request(model)),
+                   "binary HTTP": HTTPSender(ports["http"], v2_binary_request(model, ports["http"]))}
+        results = {(protocol, c): b.served(f"served {protocol}", sender, c)
+                   for c in GRPC_CONCURRENCIES for protocol, sender in senders.items()}
+    table.rows += [(r, top_raw) for r in results.values()]
+    for c in GRPC_CONCURRENCIES:
+        grpc, http = results["gRPC", c], results["binary HTTP", c]
+        table.notes.append(f"concurrency {c}: gRPC gives {grpc.ratio(http):.2f} x the images/s of binary HTTP,"
+                           f" p50 {grpc.p50_ms:.2f} vs {http.p50_ms:.2f} ms")
+    first = results["gRPC", GRPC_CONCURRENCIES[0]]
+    added = first.p50_ms - one.p50_ms
+    table.summary.append(
+        f"aim (issue 5): gRPC p50 at concurrency {GRPC_CONCURRENCIES[0]} within {GRPC_AIM_MS:g} ms of raw:"
+        f" {first.p50_ms:.2f} ms vs raw 1 x 1 {one.p50_ms:.2f} ms, {added:+.2f} ms: {verdict(added <= GRPC_AIM_MS)}"
+    )
+    return table
+
+
+@dataclass
+class _HandlerModel:
+    """What a TorchServe handler reads of the core's Model. The names are placeholders: the
+    in-process runner takes the one input array by position and gives back the first output."""
+
+    max_batch_size: int
+    config: mc.ModelConfig = field(default_factory=lambda: mc.ModelConfig(input=[mc.ModelInput(name="input")]))
+    output_names: list[str] = field(default_factory=lambda: ["output"])
+
+
+def _archive_ceiling(b: Bench) -> tuple[str, Result]:
+    """The archive's model name, and in-process: decode + its handler's pre/postprocessing + its model."""
+    from triserve.repository.mar import MarCatalog
+
+    catalog = MarCatalog(b.store)  # reads and extracts the archive as the server does
+    catalog.add_startup(b.archive)
+    (name,) = catalog.registered()
+    spec = catalog.read(name)
+    version = catalog.default_version(name)
+    handler = catalog.handler(name, version)
+    count, threads = b.server_threads
+    runners = open_runners(spec.config.platform, spec.versions[version] / spec.config.default_model_filename,
+                           count, threads)
+    view = _HandlerModel(spec.config.max_batch_size)
+    rows = [{"body": b.jpeg}]  # what the TorchServe front end makes of a raw PUT body
+
+    def pipeline(run: Runner) -> Callable[[], Any]:
+        def once() -> Any:
+            (x,) = handler.preprocess(view, rows).values()
+            return handler.postprocess(view, {view.output_names[0]: run(x)})
+
+        return once
+
+    handler_name = catalog.registrations(name)[version].model["handler"]
+    label = (f"in-process: JPEG decode + {handler_name} + {FRAMEWORKS[spec.config.platform]} {name},"
+             f" {count} thread(s) x {threads}")
+    return name, progress(measure_raw(label, [pipeline(r) for r in runners], 1, b.seconds))
+
+
+def torchserve_section(b: Bench) -> Table:
+    name, ceiling = _archive_ceiling(b)
+    table = Table(f"torchserve: {b.archive}, raw JPEG PUT /predictions/{name} vs the in-process ceiling",
+                  [(ceiling, ceiling)])
+    args = ["--model-store", str(b.store), "--models", f"{name}={b.archive}"]
+    with b.server("torchserve", args, ("torchserve_inference",)) as ports:
+        port = ports["torchserve_inference"]
+        sender = HTTPSender(port, http_request("PUT", f"/predictions/{name}", port, b.jpeg))
+        results = [b.served(f"served PUT /predictions/{name}", sender, c) for c in TORCHSERVE_CONCURRENCIES]
+    table.rows += [(r, ceiling) for r in results]
+    ratios = ", ".join(f"{r.label.rsplit(', ', 1)[1]} {r.ratio(ceiling):.2f}" for r in results)
+    table.summary.append(
+        f"aim (issue 6): TorchServe JPEG requests/s at least {TORCHSERVE_AIM:g} of in-process"
+        f" ({ceiling.images_per_s:.1f}/s): {ratios}: {verdict(best(results).ratio(ceiling) >= TORCHSERVE_AIM)}"
+    )
+    return table
+
+
+def backends_section(b: Bench) -> Table:
+    models = [b.model(name) for name in [b.onnx_model, *b.backend_models]]
+    count, threads = b.server_threads
+    raws = [best(b.raw(m.name, count, threads)) for m in models]
+    table = Table(f"backends: each example over binary HTTP at concurrency {BACKENDS_CONCURRENCY} vs its framework"
+                  f" in-process ({count} instance(s) x {threads} thread(s), the better of batch"
+                  f" {' and '.join(map(str, RAW_BATCHES))})")
+    with b.repository_server("backends", [m.name for m in models], ("http",)) as ports:
+        results = [b.served(f"served {m.framework} {m.name}, binary HTTP",
+                            HTTPSender(ports["http"], v2_binary_request(m, ports["http"])), BACKENDS_CONCURRENCY)
+                   for m in models]
+    for raw, r in zip(raws, results):
+        table.rows += [(raw, raw), (r, raw)]
+    table.summary.append(f"served/raw per backend (issue 3) at concurrency {BACKENDS_CONCURRENCY}: "
+                         + ", ".join(f"{m.framework} {r.ratio(raw):.2f}" for m, raw, r in zip(models, raws, results)))
+    return table
+
+
+SECTIONS: dict[str, Callable[[Bench], Table]] = {
+    "onnx": onnx_section,
+    "grpc": grpc_section,
+    "torchserve": torchserve_section,
+    "backends": backends_section,
+}

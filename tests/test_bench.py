@@ -1,0 +1,66 @@
+"""`triserve bench` end to end on the example repository, with tiny measurements: the command's
+tables have the expected rows with positive numbers (correctness, not speed)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+ROW = re.compile(r"^\| (.+?) \| (\S+) \| (\S+) \| (\S+) \| (\S+) \|$", re.M)
+
+
+def bench(example_repo, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "triserve", "bench", "--model-repository", str(example_repo), "--seconds", "0.5", *args],
+        capture_output=True, text=True, timeout=600,
+    )
+
+
+def table_rows(output: str) -> dict[str, list[float]]:
+    """label -> [images/s, p50 ms, p99 ms, ratio to raw] of every table row (header rows skipped)."""
+    rows = {}
+    for match in ROW.finditer(output):
+        if match[1] in ("measurement", "---"):
+            continue
+        rows[match[1]] = [float(v) for v in match.groups()[1:]]
+    return rows
+
+
+def test_grpc_and_torchserve_sections(example_repo):
+    done = bench(example_repo, "--sections", "grpc,torchserve")
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = table_rows(done.stdout)
+    served = [
+        "served gRPC, concurrency 1",
+        "served binary HTTP, concurrency 1",
+        "served gRPC, concurrency 16",
+        "served binary HTTP, concurrency 16",
+        "served PUT /predictions/efficientnet_lite0, concurrency 1",
+        "served PUT /predictions/efficientnet_lite0, concurrency 8",
+    ]
+    raw = [
+        "raw onnxruntime efficientnet_lite0_onnx, 1 instance(s) x 1 thread(s), batch 1",
+        "in-process: JPEG decode + image_classifier + torch.jit efficientnet_lite0, 2 thread(s) x 1",
+    ]
+    for label in served + raw:
+        assert label in rows, f"no row {label!r} in:\n{done.stdout}"
+        assert all(v > 0 for v in rows[label]), (label, rows[label])
+    assert rows[raw[1]][3] == 1.0  # the ceiling is its own baseline
+    assert "failed requests" not in done.stderr, done.stderr
+    summary = done.stdout.split("## summary", 1)[1]
+    assert re.search(r"aim \(issue 5\): gRPC p50 at concurrency 1 within 1 ms of raw: .*: (met|NOT met)", summary)
+    assert re.search(r"aim \(issue 6\): .* concurrency 1 [\d.]+, concurrency 8 [\d.]+: (met|NOT met)", summary)
+
+
+def test_unknown_section_is_refused(example_repo):
+    done = bench(example_repo, "--sections", "onnx,bogus")
+    assert done.returncode == 2
+    assert "unknown section(s) bogus; choose from onnx,grpc,torchserve,backends" in done.stderr
+
+
+def test_missing_archive_fails_its_section_only(example_repo):
+    done = bench(example_repo, "--sections", "torchserve", "--archive", "missing.mar")
+    assert done.returncode == 1
+    assert "## torchserve: failed:" in done.stdout and "missing.mar" in done.stdout
+    assert "- torchserve: failed" in done.stdout
