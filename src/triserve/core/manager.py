@@ -45,11 +45,13 @@ class ModelEntry:
 
 
 class ModelManager:
-    def __init__(self, catalogs: list[Catalog], control_mode: str = "none", load_threads: int = 2) -> None:
+    def __init__(self, catalogs: list[Catalog], control_mode: str = "none") -> None:
         self.catalogs = catalogs
         self.control_mode = control_mode
         self.entries: dict[str, ModelEntry] = {}
-        self._loader = ThreadPoolExecutor(load_threads, thread_name_prefix="loader")
+        # One loader thread: models load one after another, so the batch-size measurement a load
+        # ends with (core/warmup.py) is not skewed by another model loading beside it.
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="loader")
 
     # -- discovery ----------------------------------------------------------------------
     def refresh_names(self) -> None:
@@ -325,7 +327,7 @@ def _build(spec: ModelSpec) -> dict[int, _Built]:
             run_warmup(config, spec.path, instances)
             batch_limit = config.max_batch_size
             if config.WhichOneof("scheduling_choice") == "dynamic_batching" and not config.dynamic_batching.preferred_batch_size:
-                batch_limit = best_batch_size(config, instances[0])
+                batch_limit = best_batch_size(config, instances)
         except BaseException:
             for instance in instances:
                 instance.close()
