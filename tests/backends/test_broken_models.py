@@ -10,7 +10,7 @@ import httpx
 import pytest
 import tritonclient.http as httpclient
 
-from tests.backends.conftest import TFMOBILENET_CONFIG, TORCHMOBILENET_CONFIG
+from tests.backends.conftest import TORCHMOBILENET_CONFIG
 from tests.conftest import CAT_CLASSES, pixels_nchw
 
 GOOD = "efficientnet_lite0_onnx"

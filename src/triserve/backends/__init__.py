@@ -62,6 +62,27 @@ def count_parameter(config: mc.ModelConfig, key: str, default: int) -> int:
     return default
 
 
+def check_dims(config: mc.ModelConfig, kind: str, tensor: mc.ModelInput | mc.ModelOutput, model_dims: list[int]) -> None:
+    """The config's dims (its `reshape` when given) must fit the framework's shape, -1 matching
+    anything; with max_batch_size > 0 the framework's first dim must be the dynamic batch dim."""
+    dims = list(tensor.reshape.shape) if tensor.HasField("reshape") else list(tensor.dims)
+    batched = config.max_batch_size > 0
+    if batched:
+        if not model_dims or model_dims[0] != -1:
+            raise invalid(
+                f"unable to load model '{config.name}': max_batch_size is {config.max_batch_size}"
+                f" but {kind} '{tensor.name}' has no dynamic batch dimension in the model"
+                f" (model shape {model_dims}); set max_batch_size to 0"
+            )
+        model_dims = model_dims[1:]
+    if len(model_dims) != len(dims) or any(m != -1 and d != -1 and m != d for m, d in zip(model_dims, dims)):
+        raise invalid(
+            f"unable to load model '{config.name}': {kind} '{tensor.name}' dims {dims} in the"
+            f" configuration do not match the model's {model_dims}"
+            + (" (without the batch dimension)" if batched else "")
+        )
+
+
 def platform_of(config: mc.ModelConfig, version_dir: Path | None) -> str:
     """The platform a config names (by platform or backend), else the one its files reveal."""
     if config.platform:

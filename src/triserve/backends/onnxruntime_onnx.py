@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 from tritonclient.grpc import model_config_pb2 as mc
 
-from triserve.backends import InstanceSettings
+from triserve.backends import InstanceSettings, check_dims, count_parameter
 from triserve.errors import internal, invalid
 
 BACKEND = "onnxruntime"
@@ -78,20 +78,11 @@ def autocomplete(config: mc.ModelConfig, model_file: Path) -> None:
         config.dynamic_batching.SetInParent()
 
 
-def _parameter(config: mc.ModelConfig, key: str, default: int) -> int:
-    if key in config.parameters:
-        try:
-            return int(config.parameters[key].string_value)
-        except ValueError:
-            raise invalid(f"parameter '{key}' of model '{config.name}' must be an integer") from None
-    return default
-
-
 class OnnxModel:
     def __init__(self, config: mc.ModelConfig, model_file: Path, settings: InstanceSettings) -> None:
         options = ort.SessionOptions()
-        options.intra_op_num_threads = _parameter(config, "intra_op_thread_count", settings.threads)
-        options.inter_op_num_threads = _parameter(config, "inter_op_thread_count", 1)
+        options.intra_op_num_threads = count_parameter(config, "intra_op_thread_count", settings.threads)
+        options.inter_op_num_threads = count_parameter(config, "inter_op_thread_count", 1)
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = ["CPUExecutionProvider"]
@@ -122,7 +113,6 @@ def load(config: mc.ModelConfig, model_file: Path, settings: InstanceSettings) -
 
 def _check_signature(config: mc.ModelConfig, session: ort.InferenceSession) -> None:
     """Names, datatypes and dims in the config must fit the graph."""
-    skip = 1 if config.max_batch_size > 0 else 0
     for kind, declared, actual in (
         ("input", config.input, session.get_inputs()),
         ("output", config.output, session.get_outputs()),
@@ -142,21 +132,4 @@ def _check_signature(config: mc.ModelConfig, session: ort.InferenceSession) -> N
                     f"unable to load model '{config.name}': {kind} '{tensor.name}' has datatype"
                     f" {expected} in the model but {given} in the configuration"
                 )
-            model_dims = _dims(node.shape)
-            dims = list(tensor.reshape.shape) if tensor.HasField("reshape") else list(tensor.dims)
-            if skip:
-                if not model_dims or model_dims[0] != -1:
-                    raise invalid(
-                        f"unable to load model '{config.name}': max_batch_size is {config.max_batch_size}"
-                        f" but {kind} '{tensor.name}' has no dynamic batch dimension in the model"
-                        f" (model shape {model_dims}); set max_batch_size to 0"
-                    )
-                model_dims = model_dims[1:]
-            if len(model_dims) != len(dims) or any(
-                m != -1 and d != -1 and m != d for m, d in zip(model_dims, dims)
-            ):
-                raise invalid(
-                    f"unable to load model '{config.name}': {kind} '{tensor.name}' dims {dims} in the"
-                    f" configuration do not match the model's {model_dims}"
-                    + (" (without the batch dimension)" if skip else "")
-                )
+            check_dims(config, kind, tensor, _dims(node.shape))

@@ -32,7 +32,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2  # noqa: E4
 from tritonclient.grpc import model_config_pb2 as mc  # noqa: E402
 
 from triserve import datatypes  # noqa: E402
-from triserve.backends import InstanceSettings, count_parameter  # noqa: E402
+from triserve.backends import InstanceSettings, check_dims, count_parameter  # noqa: E402
 from triserve.core.instances import cpu_count  # noqa: E402
 from triserve.errors import internal, invalid  # noqa: E402
 
@@ -123,7 +123,6 @@ def _check(config: mc.ModelConfig, signature: meta_graph_pb2.SignatureDef) -> tu
             f"unable to load model '{config.name}': the signature '{_signature_name(config)}' needs input(s)"
             f" {missing} that the configuration does not list"
         )
-    skip = 1 if config.max_batch_size > 0 else 0
     for kind, declared, keys, infos in (
         ("input", config.input, input_keys, signature.inputs),
         ("output", config.output, output_keys, signature.outputs),
@@ -139,21 +138,7 @@ def _check(config: mc.ModelConfig, signature: meta_graph_pb2.SignatureDef) -> tu
             model_dims = _dims(info)
             if model_dims is None:
                 continue
-            dims = list(tensor.reshape.shape) if tensor.HasField("reshape") else list(tensor.dims)
-            if skip:
-                if not model_dims or model_dims[0] != -1:
-                    raise invalid(
-                        f"unable to load model '{config.name}': max_batch_size is {config.max_batch_size}"
-                        f" but {kind} '{tensor.name}' has no dynamic batch dimension in the model"
-                        f" (model shape {model_dims}); set max_batch_size to 0"
-                    )
-                model_dims = model_dims[1:]
-            if len(model_dims) != len(dims) or any(m != -1 and d != -1 and m != d for m, d in zip(model_dims, dims)):
-                raise invalid(
-                    f"unable to load model '{config.name}': {kind} '{tensor.name}' dims {dims} in the"
-                    f" configuration do not match the model's {model_dims}"
-                    + (" (without the batch dimension)" if skip else "")
-                )
+            check_dims(config, kind, tensor, model_dims)
     return input_keys, output_keys
 
 
