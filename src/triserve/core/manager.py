@@ -309,7 +309,7 @@ def _build(spec: ModelSpec) -> dict[int, _Built]:
     config.backend = config.backend or backend.BACKEND
     if not config.default_model_filename:
         config.default_model_filename = backend.DEFAULT_FILENAME
-    if not config.input or not config.output or (config.max_batch_size == 0 and not spec.config.input):
+    if not config.input or not config.output:
         backend.autocomplete(config, newest / config.default_model_filename)
     _check_config(config)
     if config.version_policy.WhichOneof("policy_choice") is None:
