@@ -70,7 +70,7 @@ def start_server(tmp_path_factory):
 
     def start(*args: str, wait: bool = True, frontends: tuple[str, ...] = ("http",)) -> RunningServer:
         """Front ends named in `frontends` get free ports; every other one is switched off (port 0)."""
-        from triserve.server import FRONTENDS
+        from triserve.options import FRONTENDS
 
         ports = {name: free_port() if name in frontends else 0 for name in FRONTENDS}
         extra = []
@@ -142,3 +142,9 @@ def tfserving_server(start_server, example_repo, tfserving_conf, tmp_path_factor
         "--model-repository", repo, "--model-config-file", tfserving_conf,
         frontends=("http", "tfserving_rest", "tfserving_grpc"),
     )
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """In-process tests (`@pytest.mark.anyio`) run on asyncio, as the server does."""
+    return "asyncio"

@@ -12,6 +12,9 @@ import pytest
 
 from tests.conftest import ROOT
 
+# Slow tier: perf_analyzer against a server of the example model.
+pytestmark = pytest.mark.slow
+
 PERF_ANALYZER = ROOT / ".perf-venv" / "bin" / "perf-analyzer"
 MODEL = "efficientnet_lite0_onnx"
 

@@ -19,7 +19,7 @@ import zipfile
 from datetime import datetime
 from pathlib import Path
 
-from triserve.handlers import NATIVE, NOT_SUPPORTED
+from triserve.core.processors import NATIVE, NOT_SUPPORTED
 from triserve.repository.mar import NAME_PATTERN
 
 ARCHIVER_VERSION = "0.12.0"  # the torch-model-archiver whose manifest this reproduces

@@ -9,28 +9,15 @@ from pathlib import Path
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from triserve.server import FRONTENDS, ServerOptions, serve
+    from triserve.errors import ServerError
+    from triserve.options import from_args
+    from triserve.server import serve
 
-    options = ServerOptions(
-        model_repositories=[Path(p) for p in args.model_repository],
-        host=args.host,
-        ports={name: getattr(args, f"{name}_port") for name in FRONTENDS},
-        model_control_mode=args.model_control_mode,
-        exit_on_error=args.exit_on_error,
-        strict_readiness=args.strict_readiness,
-        log_level=args.log_level,
-        extra=vars(args),
-    )
-    if args.ts_config:
-        from triserve.errors import ServerError
-        from triserve.repository import ts_config
-
-        try:  # TorchServe's config.properties fills what the command line left at its defaults
-            ts_config.apply(Path(args.ts_config), options.extra, options.ports,
-                            {name: spec[0] for name, spec in FRONTENDS.items()}, args.host, "127.0.0.1")
-        except ServerError as e:
-            print(f"triserve: {e.message}", file=sys.stderr)
-            return 1
+    try:
+        options = from_args(args)
+    except ServerError as e:  # a --ts-config that cannot be read
+        print(f"triserve: {e.message}", file=sys.stderr)
+        return 1
     return serve(options)
 
 
@@ -98,12 +85,12 @@ def parser() -> argparse.ArgumentParser:
     tf.add_argument("--model-config-file-poll-wait-seconds", type=float, default=0.0, metavar="SECONDS",
                     help="how often --model-config-file is read again (default 0: only at start)")
     s.add_argument("--host", default="127.0.0.1", help="address every front end binds (default 127.0.0.1)")
-    from triserve.server import FRONTENDS
+    from triserve.options import DEFAULT_GRPC_MAX_MESSAGE_BYTES, DEFAULT_JOB_QUEUE_SIZE, DEFAULT_MAX_REQUEST_SIZE, FRONTENDS
 
-    for name, (port, _, title) in FRONTENDS.items():
+    for name, (port, title) in FRONTENDS.items():
         s.add_argument(f"--{name.replace('_', '-')}-port", type=int, default=port, metavar="PORT",
                        help=f"{title} port (default {port}; 0 switches it off)")
-    s.add_argument("--grpc-max-message-bytes", type=_positive_int, default=64 * 1024 * 1024, metavar="BYTES",
+    s.add_argument("--grpc-max-message-bytes", type=_positive_int, default=DEFAULT_GRPC_MAX_MESSAGE_BYTES, metavar="BYTES",
                    help="largest gRPC request or response (default 64 MiB); larger gets RESOURCE_EXHAUSTED")
     s.add_argument("--model-control-mode", default="none", choices=["none", "poll", "explicit"],
                    help="none: load everything at start; poll: also follow repository changes; "
@@ -132,9 +119,9 @@ def parser() -> argparse.ArgumentParser:
                          " comma-separated; default none: remote URLs are refused)")
     ts.add_argument("--default-workers-per-model", type=int, default=None, metavar="N",
                     help="workers (model instances) per archive model (default: the core's default)")
-    ts.add_argument("--job-queue-size", type=int, default=100, metavar="N",
+    ts.add_argument("--job-queue-size", type=int, default=DEFAULT_JOB_QUEUE_SIZE, metavar="N",
                     help="queued requests per model before 503 (default 100)")
-    ts.add_argument("--max-request-size", type=int, default=6553500, metavar="BYTES",
+    ts.add_argument("--max-request-size", type=int, default=DEFAULT_MAX_REQUEST_SIZE, metavar="BYTES",
                     help="largest TorchServe request body (default 6553500)")
     ts.add_argument("--enable-token-auth", action="store_true",
                     help="require TorchServe bearer tokens (written to --token-key-file); default off")

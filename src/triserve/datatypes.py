@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from tritonclient.grpc import model_config_pb2 as mc
 
 # v2 datatype -> numpy dtype. BYTES tensors are numpy object arrays of `bytes`.
 _NUMPY = {
@@ -49,3 +50,18 @@ def from_config(data_type: str) -> str:
 
 def to_config(datatype: str) -> str:
     return "TYPE_STRING" if datatype == "BYTES" else "TYPE_" + datatype
+
+
+def name_of_config(data_type: int) -> str:
+    """A ModelConfig `DataType` enum value (`mc.TYPE_FP32`) -> its v2 name (`FP32`)."""
+    return from_config(mc.DataType.Name(data_type))
+
+
+def numpy_of_config(data_type: int) -> np.dtype:
+    """A ModelConfig `DataType` enum value (`mc.TYPE_FP32`) -> its numpy dtype."""
+    return to_numpy(name_of_config(data_type))
+
+
+def dims_fit(shape: list[int], dims: list[int]) -> bool:
+    """Same rank and the same size in every dimension, where -1 (in either) matches any size."""
+    return len(shape) == len(dims) and all(s == d or s == -1 or d == -1 for s, d in zip(shape, dims))

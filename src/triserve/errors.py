@@ -37,3 +37,13 @@ def unavailable(message: str) -> ServerError:
 
 def internal(message: str) -> ServerError:
     return ServerError(message, Code.INTERNAL)
+
+
+class StatusError(ServerError):
+    """An error with an explicit HTTP status (TorchServe's PredictionException and friends)."""
+
+    def __init__(self, message: str, status: int, kind: str = "InternalServerException") -> None:
+        codes = {404: Code.NOT_FOUND, 409: Code.ALREADY_EXISTS, 503: Code.UNAVAILABLE}
+        super().__init__(message, codes.get(status, Code.INVALID_ARG if 400 <= status < 500 else Code.INTERNAL))
+        self.status = status
+        self.kind = kind

@@ -1,49 +1,32 @@
-"""Run the front ends around one model manager in a single event loop."""
+"""Run the front ends around one data plane in a single event loop."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import logging
 import signal
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-import uvicorn
-
+from triserve.core.catalog import Catalog
+from triserve.core.dataplane import DataPlane
 from triserve.core.manager import ModelManager
 from triserve.errors import ServerError
-from triserve.repository.catalog import Catalog, TritonRepositories
+from triserve.options import FRONTENDS, ServerOptions
 
 log = logging.getLogger("triserve")
 
-# Every front end: name -> (default port, "module:function" building it, what the log calls it).
-# The builder is called as builder(server: Server, port: int) and returns a FrontEnd.
-FRONTENDS: dict[str, tuple[int, str, str]] = {
-    "http": (8000, "triserve.protocols.v2_http:frontend", "KServe v2 HTTP"),
-    "grpc": (8001, "triserve.protocols.v2_grpc:frontend", "KServe v2 gRPC"),
-    "metrics": (8002, "triserve.protocols.triton_metrics:frontend", "Triton metrics"),
-    "tfserving_grpc": (8500, "triserve.protocols.tfserving_grpc:frontend", "TF Serving gRPC"),
-    "tfserving_rest": (8501, "triserve.protocols.tfserving_rest:frontend", "TF Serving REST"),
-    "torchserve_inference": (8080, "triserve.protocols.torchserve:frontend", "TorchServe inference"),
-    "torchserve_management": (8081, "triserve.protocols.torchserve_management:frontend", "TorchServe management"),
-    "torchserve_metrics": (8082, "triserve.protocols.torchserve_metrics:frontend", "TorchServe metrics"),
+# Every front end's builder, "module:function", called as builder(dataplane, options, port).
+BUILDERS: dict[str, str] = {
+    "http": "triserve.protocols.kserve.rest:frontend",
+    "grpc": "triserve.protocols.kserve.grpc:frontend",
+    "metrics": "triserve.protocols.kserve.metrics:frontend",
+    "tfserving_grpc": "triserve.protocols.tfserving.grpc:frontend",
+    "tfserving_rest": "triserve.protocols.tfserving.rest:frontend",
+    "torchserve_inference": "triserve.protocols.torchserve.inference:frontend",
+    "torchserve_management": "triserve.protocols.torchserve.management:frontend",
+    "torchserve_metrics": "triserve.protocols.torchserve.metrics:frontend",
 }
-
-
-@dataclass
-class ServerOptions:
-    model_repositories: list[Path] = field(default_factory=list)
-    host: str = "127.0.0.1"
-    ports: dict[str, int] = field(default_factory=lambda: {name: spec[0] for name, spec in FRONTENDS.items()})
-    model_control_mode: str = "none"
-    exit_on_error: bool = False
-    strict_readiness: bool = True
-    log_level: str = "info"
-    # Options of the other model sources and front ends, by name (see cli.py).
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class FrontEnd(Protocol):
@@ -54,76 +37,46 @@ class FrontEnd(Protocol):
     async def stop(self) -> None: ...
 
 
-class _Uvicorn(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to us: several run in one loop."""
+def build_dataplane(options: ServerOptions) -> DataPlane:
+    """The model sources the options name, behind one data plane."""
+    from triserve.repository.mar import from_options
+    from triserve.repository.tfserving import DEFAULT_MODEL_NAME, TFServingModels
+    from triserve.repository.triton import TritonRepositories
+    from triserve.repository.uploads import UploadedModels
 
-    @contextlib.contextmanager
-    def capture_signals(self):
-        yield
-
-
-class HTTPFrontEnd:
-    """An ASGI app served by uvicorn (httptools parser) on the shared event loop."""
-
-    def __init__(self, app: Any, host: str, port: int) -> None:
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            loop="none",
-            http="httptools",
-            lifespan="off",
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=30,
-        )
-        self.server = _Uvicorn(config)
-        self._task: asyncio.Task | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self.server.serve())
-        while not self.server.started:
-            if self._task.done():
-                self._task.result()  # raises what stopped it
-                raise OSError(f"could not listen on port {self.server.config.port}")
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
-
-
-def build_catalogs(options: ServerOptions) -> list[Catalog]:
     catalogs: list[Catalog] = []
     if options.model_repositories:
-        catalogs.append(TritonRepositories(options.model_repositories))
-    extra = options.extra
-    if extra.get("model_name") and not extra.get("model_base_path"):
+        catalogs.append(TritonRepositories(list(options.model_repositories)))
+    tfserving = options.tfserving
+    if tfserving.model_name and not tfserving.base_path:
         raise ServerError("--model-name needs --model-base-path")
-    if extra.get("model_config_file") or extra.get("model_base_path"):
-        from triserve.repository.tfserving import DEFAULT_MODEL_NAME, TFServingModels
-
-        catalogs.append(
-            TFServingModels(
-                config_file=Path(extra["model_config_file"]) if extra.get("model_config_file") else None,
-                model_name=extra.get("model_name") or DEFAULT_MODEL_NAME,
-                base_path=Path(extra["model_base_path"]) if extra.get("model_base_path") else None,
-                fs_poll_seconds=extra.get("file_system_poll_wait_seconds", 1.0),
-                config_poll_seconds=extra.get("model_config_file_poll_wait_seconds", 0.0),
-            )
+    models_conf = None
+    if tfserving.enabled:
+        models_conf = TFServingModels(
+            config_file=tfserving.config_file,
+            model_name=tfserving.model_name or DEFAULT_MODEL_NAME,
+            base_path=tfserving.base_path,
+            fs_poll_seconds=tfserving.fs_poll_seconds,
+            config_poll_seconds=tfserving.config_poll_seconds,
         )
-    if extra.get("model_store") or extra.get("models"):
-        from triserve.repository.mar import from_options
-
-        catalogs.append(from_options(extra))  # TorchServe archives (--model-store, --models)
-    return catalogs
+        catalogs.append(models_conf)
+    archives = from_options(options.archives)  # TorchServe archives (--model-store, --models)
+    if archives is not None:
+        catalogs.append(archives)
+    manager = ModelManager(
+        catalogs,
+        control_mode=options.model_control_mode,
+        uploads=UploadedModels(),
+        allow_custom_code=options.archives.allow_custom_handlers,
+    )
+    return DataPlane(manager, options.kserve.strict_readiness, registry=archives, configurable=models_conf)
 
 
 class Server:
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
-        self.manager = ModelManager(build_catalogs(options), control_mode=options.model_control_mode)
+        self.dataplane = build_dataplane(options)
+        self.manager = self.dataplane.manager
         self.frontends: list[tuple[str, int, FrontEnd]] = []
         self._stopping = asyncio.Event()
 
@@ -131,7 +84,7 @@ class Server:
         self._stopping.set()
 
     async def run(self) -> int:
-        failed = await self.manager.start(self.options.extra.get("load_model") or [])
+        failed = await self.manager.start(list(self.options.load_models))
         if failed and self.options.exit_on_error:
             log.error("exiting: model(s) failed to load: %s (--exit-on-error)", ", ".join(failed))
             await self.manager.close()
@@ -141,12 +94,12 @@ class Server:
             loop.add_signal_handler(sig, self.stop)
         code = 0
         try:
-            for name, (_, target, title) in FRONTENDS.items():
+            for name, (_, title) in FRONTENDS.items():
                 port = self.options.ports.get(name, 0)
                 if port == 0:
                     continue  # port 0 switches a front end off
-                module, _, function = target.partition(":")
-                frontend = getattr(importlib.import_module(module), function)(self, port)
+                module, _, function = BUILDERS[name].partition(":")
+                frontend = getattr(importlib.import_module(module), function)(self.dataplane, self.options, port)
                 await frontend.start()
                 self.frontends.append((title, port, frontend))
         except OSError as e:
@@ -157,12 +110,12 @@ class Server:
             log.info("triserve ready: %s", urls)
             poller = None
             if self.options.model_control_mode == "poll":
-                poller = asyncio.create_task(self.manager.poll_forever(self.options.extra.get("repository_poll_secs", 15)))
+                poller = asyncio.create_task(self.manager.poll_forever(self.options.repository_poll_secs))
             # Sources that watch themselves (TF Serving's file system poll) at their own pace.
             pollers = [
                 asyncio.create_task(self.manager.poll_forever(c.poll_seconds, [c]))
                 for c in self.manager.catalogs
-                if getattr(c, "poll_seconds", 0) > 0
+                if c.poll_seconds > 0
             ]
             await self._stopping.wait()
             if poller is not None:

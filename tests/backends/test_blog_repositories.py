@@ -15,6 +15,9 @@ from tests.conftest import photo
 from triserve.examples.efficientnet_lite0 import load_labels
 from triserve.vision.images import image_client_preprocess
 
+# Slow tier: a server subprocess and the classify client's subprocesses.
+pytestmark = pytest.mark.slow
+
 
 def classify(server, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(

@@ -13,6 +13,9 @@ import tritonclient.http as httpclient
 from tests.backends.conftest import TORCHMOBILENET_CONFIG
 from tests.conftest import CAT_CLASSES, pixels_nchw
 
+# Slow tier: server subprocesses over the exported example model.
+pytestmark = pytest.mark.slow
+
 GOOD = "efficientnet_lite0_onnx"
 
 

@@ -14,7 +14,10 @@ from torch import nn
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import RunningServer, pixels_nchw
-from triserve.core.instances import cpu_count
+from triserve.backends import cpu_count
+
+# Slow tier: server subprocesses over real TorchScript models.
+pytestmark = pytest.mark.slow
 
 A = np.array([[1, 2, 3, 4]], dtype=np.float32)
 B = np.array([[10, 20, 30, 50]], dtype=np.float32)

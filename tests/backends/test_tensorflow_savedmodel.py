@@ -12,7 +12,10 @@ import tritonclient.http as httpclient
 from tensorflow.core.protobuf import saved_model_pb2
 
 from tests.conftest import RunningServer, pixels_nchw
-from triserve.core.instances import cpu_count
+from triserve.backends import cpu_count
+
+# Slow tier: server subprocesses over real SavedModels.
+pytestmark = pytest.mark.slow
 
 X = np.array([[1, 2, 3, 4]], dtype=np.float32)
 Y = np.array([[10, 20, 30, 50]], dtype=np.float32)

@@ -6,7 +6,12 @@ import ast
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import CAT_CLASSES, ESPRESSO, photo
+
+# Slow tier: the classify command against a server of the example models.
+pytestmark = pytest.mark.slow
 
 
 def classify(server, *args: str) -> subprocess.CompletedProcess:

@@ -15,6 +15,9 @@ from tritonclient.utils import InferenceServerException
 
 from tests.conftest import pixels_nchw
 
+# Slow tier: a server of the exported example model in a subprocess.
+pytestmark = pytest.mark.slow
+
 BASE = "efficientnet_lite0_onnx"
 IO = """
 input [ { name: "input" data_type: TYPE_FP32 format: FORMAT_NCHW dims: [ 3, 224, 224 ] } ]

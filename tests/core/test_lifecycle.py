@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,9 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import CAT_CLASSES, ESPRESSO, pixels_nchw
+
+# Slow tier: servers of the exported example model in subprocesses.
+pytestmark = pytest.mark.slow
 
 BASE = "efficientnet_lite0_onnx"
 
@@ -35,12 +39,17 @@ def top1(client, model: str, photo: str = "coffee", batch: int = 1) -> int:
 
 
 @pytest.fixture(scope="module")
-def explicit(start_server, example_repo, tmp_path_factory):
+def explicit_repo(example_repo, tmp_path_factory):
     repo = tmp_path_factory.mktemp("explicit")
     copy_model(example_repo, repo, "first")
     copy_model(example_repo, repo, "second")
     copy_model(example_repo, repo, "third")
-    server = start_server("--model-repository", repo, "--model-control-mode", "explicit", "--load-model", "third")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def explicit(start_server, explicit_repo):
+    server = start_server("--model-repository", explicit_repo, "--model-control-mode", "explicit", "--load-model", "third")
     with httpclient.InferenceServerClient(server.url) as client:
         yield server, client
 
@@ -112,6 +121,15 @@ def test_load_and_unload_refused_outside_explicit_mode(example_server):
         assert client.is_model_ready(BASE)
 
 
+def wait_until(condition, what: str, timeout: float = 120) -> None:
+    """Poll `condition` until it holds; the deadline only bounds how long a broken server is waited for."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not after {timeout}s: {what}")
+        time.sleep(0.01)
+
+
 def _hammer(url: str, model: str, stop: threading.Event, answers: list, failures: list) -> None:
     with httpclient.InferenceServerClient(url) as client:
         while not stop.is_set():
@@ -131,7 +149,8 @@ def test_reloads_under_load_lose_no_request(explicit):
     try:
         for _ in range(6):
             client.load_model("third")  # a reload: new instances, atomic swap, old ones drain
-            time.sleep(0.2)
+            answered = len(answers)  # every reload is followed by answers of the version it swapped in
+            wait_until(lambda: len(answers) >= answered + 2 or failures, "two answers after a reload")
     finally:
         stop.set()
         for t in clients:
@@ -147,35 +166,63 @@ def test_unload_under_load_fails_only_with_clear_errors(explicit):
     clients = [threading.Thread(target=_hammer, args=(server.url, "second", stop, answers, failures)) for _ in range(2)]
     for t in clients:
         t.start()
-    time.sleep(0.5)
-    client.unload_model("second")
-    time.sleep(0.5)
-    stop.set()
-    for t in clients:
-        t.join()
+    try:
+        wait_until(lambda: len(answers) >= 2, "answers before the unload")
+        client.unload_model("second")
+        wait_until(lambda: len(failures) >= 2, "errors after the unload")
+    finally:
+        stop.set()
+        for t in clients:
+            t.join()
     assert answers and set(answers) == {ESPRESSO}
     assert failures and all("unknown model" in f or "unloaded" in f or "being unloaded" in f for f in failures)
 
 
-def test_server_stays_responsive_while_a_model_loads(explicit):
+def index_state(client, name: str) -> str:
+    return {row["name"]: row.get("state", "") for row in client.get_model_repository_index()}.get(name, "")
+
+
+def test_server_stays_responsive_while_a_model_loads(explicit, explicit_repo, example_repo):
+    """Other requests are answered while a load is in progress. The load is held in progress by
+    its config.pbtxt, a named pipe that the loader's read waits on until the test writes it."""
     server, client = explicit
+    folder = copy_model(example_repo, explicit_repo, "gated")
+    config = folder / "config.pbtxt"
+    text = config.read_text()
+    config.unlink()
+    os.mkfifo(config)
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            with open(config, "w") as pipe:  # the loader's read gets the config, and the load goes on
+                pipe.write(text)
+            released = True
 
     def load() -> None:
         with httpclient.InferenceServerClient(server.url) as own:  # gevent clients stay in their thread
-            own.load_model("first")
+            own.load_model("gated")
 
     loader = threading.Thread(target=load)
-    with httpclient.InferenceServerClient(server.url) as other:
-        loader.start()
-        worst = 0.0
-        while loader.is_alive():
-            start = time.perf_counter()
-            assert other.is_server_live()
-            assert top1(other, "third") == ESPRESSO
-            worst = max(worst, time.perf_counter() - start)
+    loader.start()
+    try:
+        with httpclient.InferenceServerClient(server.url) as other:
+            wait_until(lambda: index_state(other, "gated") == "LOADING", "the load to start")
+            answers = [other.is_server_live() and top1(other, "third") for _ in range(5)]
+            assert index_state(other, "gated") == "LOADING"  # all five answered while the load was in progress
+            release()
+            while loader.is_alive():  # and while it builds the model's instances
+                assert top1(other, "third") == ESPRESSO
+    finally:
+        if loader.is_alive() and index_state(client, "gated") == "LOADING":
+            release()  # never leave the server's loader waiting on the pipe
         loader.join()
-    assert worst < 1.0
-    assert client.is_model_ready("first")
+        config.unlink()
+        config.write_text(text)  # a plain file again, for anything that reads the folder later
+    assert answers == [ESPRESSO] * 5
+    assert client.is_model_ready("gated")
+    assert top1(client, "gated") == ESPRESSO
 
 
 def test_poll_mode_follows_the_repository(start_server, example_repo, tmp_path):
@@ -188,9 +235,7 @@ def test_poll_mode_follows_the_repository(start_server, example_repo, tmp_path):
         copy_model(example_repo, staging, "arrived")
         shutil.move(staging / "arrived", tmp_path / "arrived")
         shutil.rmtree(tmp_path / "present")
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not (client.is_model_ready("arrived") and not client.is_model_ready("present")):
-            time.sleep(0.2)
+        wait_until(lambda: client.is_model_ready("arrived") and not client.is_model_ready("present"), "a poll")
         assert client.is_model_ready("arrived")
         assert top1(client, "arrived") == ESPRESSO
         assert not client.is_model_ready("present")
@@ -203,10 +248,11 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from triserve.core.dataplane import DataPlane
 from triserve.core.manager import ModelManager
 from triserve.core.memory import limit_arenas
 from triserve.core.types import InferRequest
-from triserve.repository.catalog import TritonRepositories
+from triserve.repository.triton import TritonRepositories
 
 limit_arenas()  # as `triserve serve` does at start
 
@@ -218,7 +264,7 @@ async def cycles():
     rss = []
     for _ in range(5 + 50):
         await manager.load("cycled")
-        await manager.get("cycled").infer(InferRequest({"input": x}))
+        await DataPlane(manager).resolve("cycled").infer(InferRequest({"input": x}))
         await manager.unload("cycled")
         rss.append(psutil.Process().memory_info().rss)
     await manager.close()

@@ -1,13 +1,14 @@
 """The scheduler on its own: batching, ordering, queue limits, timeouts, priorities, cancellation.
 
-The model here is a numpy function that takes a chosen time, so that every interleaving is
-deterministic; the scheduler code under test is the one the server runs.
+The model here is a gate: each execution waits until the test opens it, so the test decides
+when every execution ends and every interleaving is chosen, not timed. The scheduler code under
+test is the one the server runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 
 import numpy as np
 import pytest
@@ -18,29 +19,49 @@ from triserve.core.scheduler import BatchingPolicy, Scheduler
 from triserve.core.stats import ModelStats
 from triserve.errors import ServerError
 
+pytestmark = pytest.mark.anyio
+
 
 def config(text: str) -> mc.ModelConfig:
     return text_format.Parse('name: "m" max_batch_size: 8 ' + text, mc.ModelConfig())
 
 
-class SlowDouble:
-    """y = 2x; each run sleeps for the largest value of x in milliseconds (GIL released)."""
+class Gate:
+    """y = 2x. An execution starts (the test can await that, with its batch) and then waits until
+    the test opens the gate for the first value of its batch."""
 
     def __init__(self) -> None:
         self.batches: list[list[float]] = []
+        self._loop = asyncio.get_running_loop()
+        self._started: asyncio.Queue[list[float]] = asyncio.Queue()
+        self._opened: set[float] = set()
+        self._condition = threading.Condition()
 
-    def __call__(self, inputs, outputs):
+    def __call__(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         x = inputs["x"]
-        self.batches.append(x[:, 0].tolist())
-        time.sleep(float(x.max()) / 1000)
+        values = x[:, 0].tolist()
+        self.batches.append(values)
+        self._loop.call_soon_threadsafe(self._started.put_nowait, values)
+        with self._condition:  # the timeout only bounds a test that failed before opening the gate
+            self._condition.wait_for(lambda: values[0] in self._opened, timeout=60)
         return {"y": x * 2}
 
+    def open(self, *values: float) -> None:
+        """Let the executions whose batch starts with one of `values` finish (now or when they come)."""
+        with self._condition:
+            self._opened.update(values)
+            self._condition.notify_all()
 
-def make(text: str, instances: int = 1) -> tuple[Scheduler, SlowDouble]:
-    model = SlowDouble()
+    async def started(self) -> list[float]:
+        """The batch of the next execution to start."""
+        return await self._started.get()
+
+
+def make(text: str, instances: int = 1) -> tuple[Scheduler, Gate]:
+    gate = Gate()
     cfg = config(text)
-    scheduler = Scheduler("m", [model] * instances, ["y"], BatchingPolicy.from_config(cfg, cfg.max_batch_size), ModelStats("m", 1))
-    return scheduler, model
+    scheduler = Scheduler("m", [gate] * instances, ["y"], BatchingPolicy.from_config(cfg, cfg.max_batch_size), ModelStats("m", 1))
+    return scheduler, gate
 
 
 def x(value: float, batch: int = 1) -> dict[str, np.ndarray]:
@@ -52,174 +73,181 @@ async def submit(scheduler: Scheduler, value: float, **kwargs) -> float:
     return float(out["y"][0, 0])
 
 
-def test_dynamic_batching_joins_queued_requests_and_splits_answers():
-    async def main():
-        scheduler, model = make("dynamic_batching { }")
-        first = asyncio.ensure_future(submit(scheduler, 50))  # occupies the only instance
-        await asyncio.sleep(0.01)
-        rest = [asyncio.ensure_future(submit(scheduler, 1 + i / 100)) for i in range(8)]
-        results = await asyncio.gather(first, *rest)
-        await scheduler.close()
-        return results, model.batches, scheduler.stats
+async def settle() -> None:
+    """Let every task that is ready run until it waits (new requests reach the queue)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
 
-    results, batches, stats = asyncio.run(main())
+
+async def until(condition) -> None:
+    async with asyncio.timeout(60):  # only bounds a broken scheduler
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+async def test_dynamic_batching_joins_queued_requests_and_splits_answers():
+    scheduler, gate = make("dynamic_batching { }")
+    first = asyncio.ensure_future(submit(scheduler, 50))
+    assert await gate.started() == [50]  # occupies the only instance
+    rest = [asyncio.ensure_future(submit(scheduler, 1 + i / 100)) for i in range(8)]
+    await settle()
+    gate.open(50, 1)
+    results = await asyncio.gather(first, *rest)
+    await scheduler.close()
     np.testing.assert_allclose(results, [100.0] + [2 * (1 + i / 100) for i in range(8)], rtol=1e-6)
-    assert [len(b) for b in batches] == [1, 8]
-    assert stats.inference_count == 9 and stats.execution_count == 2
-    assert [size for size in stats.batches] == [1, 8]
+    assert [len(b) for b in gate.batches] == [1, 8]
+    assert scheduler.stats.inference_count == 9 and scheduler.stats.execution_count == 2
+    assert [size for size in scheduler.stats.batches] == [1, 8]
 
 
-def test_without_dynamic_batching_requests_run_alone():
-    async def main():
-        scheduler, model = make("")
-        await asyncio.gather(*(submit(scheduler, 5) for _ in range(4)))
-        await scheduler.close()
-        return model.batches
-
-    assert [len(b) for b in asyncio.run(main())] == [1, 1, 1, 1]
+async def test_without_dynamic_batching_requests_run_alone():
+    scheduler, gate = make("")
+    gate.open(5)
+    await asyncio.gather(*(submit(scheduler, 5) for _ in range(4)))
+    await scheduler.close()
+    assert [len(b) for b in gate.batches] == [1, 1, 1, 1]
 
 
-def test_max_queue_delay_waits_for_a_preferred_batch():
-    async def main():
-        scheduler, model = make("dynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 200000 }")
-        tasks = []
-        for i in range(4):
-            tasks.append(asyncio.ensure_future(submit(scheduler, 1)))
-            await asyncio.sleep(0.02)  # trickle in: the batcher waits instead of running one at a time
-        await asyncio.gather(*tasks)
-        await scheduler.close()
-        return model.batches
+async def test_max_queue_delay_waits_for_a_preferred_batch():
+    # A delay far longer than the test: the batcher waits for the fourth request, however slow the machine.
+    scheduler, gate = make("dynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 60000000 }")
+    gate.open(1)
+    tasks = []
+    for _ in range(3):
+        tasks.append(asyncio.ensure_future(submit(scheduler, 1)))
+        await settle()  # trickle in: the batcher waits instead of running one at a time
+    assert gate.batches == []
+    tasks.append(asyncio.ensure_future(submit(scheduler, 1)))
+    assert await gate.started() == [1, 1, 1, 1]
+    await asyncio.gather(*tasks)
+    await scheduler.close()
+    assert [len(b) for b in gate.batches] == [4]
 
-    assert [len(b) for b in asyncio.run(main())] == [4]
+
+async def test_max_queue_delay_runs_a_partial_batch_when_it_expires():
+    scheduler, gate = make("dynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 1000 }")
+    gate.open(1)
+    assert await submit(scheduler, 1) == 2.0
+    await scheduler.close()
+    assert gate.batches == [[1.0]]
 
 
 @pytest.mark.parametrize("preserve", [False, True])
-def test_preserve_ordering(preserve):
-    async def main():
-        scheduler, _ = make(f"dynamic_batching {{ preserve_ordering: {str(preserve).lower()} }}", instances=2)
-        done = []
+async def test_preserve_ordering(preserve):
+    scheduler, gate = make(f"dynamic_batching {{ preserve_ordering: {str(preserve).lower()} }}", instances=2)
+    done = []
 
-        async def one(value):
-            await submit(scheduler, value)
-            done.append(value)
+    async def one(value):
+        await submit(scheduler, value)
+        done.append(value)
 
-        slow = asyncio.ensure_future(one(80))  # first in, slow
-        await asyncio.sleep(0.005)
-        fast = asyncio.ensure_future(one(1))  # second in, fast, on the other instance
-        await asyncio.gather(slow, fast)
-        await scheduler.close()
-        return done
+    slow = asyncio.ensure_future(one(80))  # first in
+    assert await gate.started() == [80]
+    fast = asyncio.ensure_future(one(1))  # second in, on the other instance
+    assert await gate.started() == [1]
+    gate.open(1)  # the second finishes first
+    await until(lambda: scheduler.stats.execution_count == 1)
+    await settle()
+    assert done == ([] if preserve else [1])  # preserved: held back until the first is answered
+    gate.open(80)
+    await asyncio.gather(slow, fast)
+    await scheduler.close()
+    assert done == ([80, 1] if preserve else [1, 80])
 
-    assert asyncio.run(main()) == ([80, 1] if preserve else [1, 80])
 
-
-def test_full_queue_is_rejected_with_tritons_message():
-    async def main():
-        scheduler, _ = make("dynamic_batching { default_queue_policy { max_queue_size: 2 } }")
-        busy = asyncio.ensure_future(submit(scheduler, 60))
-        await asyncio.sleep(0.01)
-        queued = [asyncio.ensure_future(submit(scheduler, 1)) for _ in range(2)]
-        await asyncio.sleep(0)
-        with pytest.raises(ServerError) as e:
-            await submit(scheduler, 1)
-        results = await asyncio.gather(busy, *queued)
-        await scheduler.close()
-        return e.value, results
-
-    error, results = asyncio.run(main())
-    assert error.code.name == "UNAVAILABLE" and "exceeds maximum queue size" in error.message
+async def test_full_queue_is_rejected_with_tritons_message():
+    scheduler, gate = make("dynamic_batching { default_queue_policy { max_queue_size: 2 } }")
+    busy = asyncio.ensure_future(submit(scheduler, 60))
+    assert await gate.started() == [60]
+    queued = [asyncio.ensure_future(submit(scheduler, 1)) for _ in range(2)]
+    await settle()
+    with pytest.raises(ServerError) as e:
+        await submit(scheduler, 1)
+    gate.open(60, 1)
+    results = await asyncio.gather(busy, *queued)
+    await scheduler.close()
+    assert e.value.code.name == "UNAVAILABLE" and "exceeds maximum queue size" in e.value.message
     assert results == [120.0, 2.0, 2.0]
 
 
-def test_timeout_reject_and_request_override():
-    async def main():
-        scheduler, model = make(
-            "dynamic_batching { default_queue_policy { default_timeout_microseconds: 1000000 allow_timeout_override: true } }"
-        )
-        busy = asyncio.ensure_future(submit(scheduler, 100))
-        await asyncio.sleep(0.01)
-        with pytest.raises(ServerError) as e:
-            await submit(scheduler, 1, timeout_us=20_000)  # shorter than the wait for the busy instance
-        patient = await submit(scheduler, 3)  # the 1 s default is long enough
-        await busy
-        await scheduler.close()
-        return e.value, patient, model.batches
-
-    error, patient, batches = asyncio.run(main())
-    assert "timeout" in error.message.lower()
-    assert patient == 6.0
-    assert [1.0] not in batches  # the timed-out request never ran
+async def test_timeout_reject_and_request_override():
+    scheduler, gate = make(
+        "dynamic_batching { default_queue_policy { default_timeout_microseconds: 60000000 allow_timeout_override: true } }"
+    )
+    busy = asyncio.ensure_future(submit(scheduler, 100))
+    assert await gate.started() == [100]
+    with pytest.raises(ServerError) as e:
+        await submit(scheduler, 1, timeout_us=20_000)  # expires while the only instance is busy
+    patient = asyncio.ensure_future(submit(scheduler, 3))  # the 60 s default is long enough
+    gate.open(100, 3)
+    assert await patient == 6.0
+    await busy
+    await scheduler.close()
+    assert "timeout" in e.value.message.lower()
+    assert [1.0] not in gate.batches  # the timed-out request never ran
 
 
-def test_timeout_delay_moves_a_request_behind_the_others():
-    async def main():
-        scheduler, model = make(
-            "dynamic_batching { preferred_batch_size: [ 1 ] default_queue_policy { timeout_action: DELAY allow_timeout_override: true } }"
-        )
-        busy = asyncio.ensure_future(submit(scheduler, 60))
-        await asyncio.sleep(0.005)
-        # times out while queued: delayed behind later requests, not rejected
-        late = asyncio.ensure_future(submit(scheduler, 7, timeout_us=10_000))
-        await asyncio.sleep(0.03)
-        others = [asyncio.ensure_future(submit(scheduler, 2)) for _ in range(2)]
-        results = await asyncio.gather(busy, late, *others)
-        await scheduler.close()
-        return results, model.batches
-
-    results, batches = asyncio.run(main())
+async def test_timeout_delay_moves_a_request_behind_the_others():
+    scheduler, gate = make(
+        "dynamic_batching { preferred_batch_size: [ 1 ] default_queue_policy { timeout_action: DELAY allow_timeout_override: true } }"
+    )
+    busy = asyncio.ensure_future(submit(scheduler, 60))
+    assert await gate.started() == [60]
+    # times out while queued: delayed behind later requests, not rejected
+    late = asyncio.ensure_future(submit(scheduler, 7, timeout_us=10_000))
+    await until(lambda: len(scheduler.queue.delayed) == 1)
+    others = [asyncio.ensure_future(submit(scheduler, 2)) for _ in range(2)]
+    await settle()
+    gate.open(60, 7, 2)
+    results = await asyncio.gather(busy, late, *others)
+    await scheduler.close()
     assert results == [120.0, 14.0, 4.0, 4.0]
-    assert batches[-1] == [7.0]  # ran last
+    assert gate.batches[-1] == [7.0]  # ran last
 
 
-def test_priority_levels():
-    async def main():
-        scheduler, model = make("dynamic_batching { preferred_batch_size: [ 1 ] priority_levels: 2 default_priority_level: 2 }")
-        busy = asyncio.ensure_future(submit(scheduler, 40))
-        await asyncio.sleep(0.005)
-        low = asyncio.ensure_future(submit(scheduler, 3))  # default level 2
-        high = asyncio.ensure_future(submit(scheduler, 4, priority=1))
-        await asyncio.gather(busy, low, high)
-        await scheduler.close()
-        return model.batches
+async def test_priority_levels():
+    scheduler, gate = make("dynamic_batching { preferred_batch_size: [ 1 ] priority_levels: 2 default_priority_level: 2 }")
+    busy = asyncio.ensure_future(submit(scheduler, 40))
+    assert await gate.started() == [40]
+    low = asyncio.ensure_future(submit(scheduler, 3))  # default level 2
+    await settle()
+    high = asyncio.ensure_future(submit(scheduler, 4, priority=1))
+    await settle()
+    gate.open(40, 3, 4)
+    await asyncio.gather(busy, low, high)
+    await scheduler.close()
+    assert gate.batches[1:] == [[4.0], [3.0]]
 
-    assert asyncio.run(main())[1:] == [[4.0], [3.0]]
+
+async def test_a_cancelled_queued_request_never_runs():
+    scheduler, gate = make("")
+    busy = asyncio.ensure_future(submit(scheduler, 40))
+    assert await gate.started() == [40]
+    gone = asyncio.ensure_future(submit(scheduler, 9))
+    await settle()
+    gone.cancel()  # the client went away
+    await settle()
+    gate.open(40, 9, 1)
+    await busy
+    await submit(scheduler, 1)
+    await scheduler.close()
+    assert [9.0] not in gate.batches and scheduler.stats.pending == 0
 
 
-def test_a_cancelled_queued_request_never_runs():
-    async def main():
-        scheduler, model = make("")
-        busy = asyncio.ensure_future(submit(scheduler, 40))
-        await asyncio.sleep(0.005)
-        gone = asyncio.ensure_future(submit(scheduler, 9))
-        await asyncio.sleep(0.005)
-        gone.cancel()  # the client went away
-        await busy
+async def test_a_failing_model_answers_every_request_with_an_error_and_keeps_serving():
+    calls = []
+
+    def flaky(inputs, outputs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return {"y": inputs["x"] * 2}
+
+    cfg = config("")
+    scheduler = Scheduler("m", [flaky], ["y"], BatchingPolicy.from_config(cfg, 8), ModelStats("m", 1))
+    with pytest.raises(ServerError) as e:
         await submit(scheduler, 1)
-        await scheduler.close()
-        return model.batches, scheduler.stats.pending
-
-    batches, pending = asyncio.run(main())
-    assert [9.0] not in batches and pending == 0
-
-
-def test_a_failing_model_answers_every_request_with_an_error_and_keeps_serving():
-    async def main():
-        calls = []
-
-        def flaky(inputs, outputs):
-            calls.append(1)
-            if len(calls) == 1:
-                raise RuntimeError("boom")
-            return {"y": inputs["x"] * 2}
-
-        cfg = config("")
-        scheduler = Scheduler("m", [flaky], ["y"], BatchingPolicy.from_config(cfg, 8), ModelStats("m", 1))
-        with pytest.raises(ServerError) as e:
-            await submit(scheduler, 1)
-        ok = await submit(scheduler, 2)
-        await scheduler.close()
-        return e.value, ok, scheduler.stats
-
-    error, ok, stats = asyncio.run(main())
-    assert error.code.name == "INTERNAL" and "boom" in error.message
-    assert ok == 4.0 and stats.fail.count == 1 and stats.success.count == 1
+    ok = await submit(scheduler, 2)
+    await scheduler.close()
+    assert e.value.code.name == "INTERNAL" and "boom" in e.value.message
+    assert ok == 4.0 and scheduler.stats.fail.count == 1 and scheduler.stats.success.count == 1

@@ -14,6 +14,9 @@ from PIL import Image  # noqa: E402
 
 from triserve.examples import efficientnet_lite0 as enl  # noqa: E402
 
+# Slow tier: the example model itself, with its real weights.
+pytestmark = pytest.mark.slow
+
 CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 ESPRESSO = 967
 

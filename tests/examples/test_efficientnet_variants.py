@@ -10,6 +10,9 @@ import tritonclient.http as httpclient
 
 from tests.conftest import CAT_CLASSES, ESPRESSO, pixels_nchw
 
+# Slow tier: the exported example models and a server of them.
+pytestmark = pytest.mark.slow
+
 # model -> (input, output, layout)
 VARIANTS = {
     "efficientnet_lite0_onnx": ("input", "output", "NCHW"),

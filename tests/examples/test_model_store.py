@@ -6,8 +6,12 @@ import json
 import zipfile
 
 import httpx
+import pytest
 
 from tests.conftest import CAT_CLASSES, jpeg_bytes
+
+# Slow tier: the exported example archive and a server of it.
+pytestmark = pytest.mark.slow
 
 
 def test_example_archive_classifies_with_torchserve_labels(example_repo, start_server):

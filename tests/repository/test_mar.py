@@ -15,11 +15,13 @@ from tests.torchserve_archives import (
     torch_model_archiver,
     zip_archive,
 )
+from triserve.core import processors
 from triserve.errors import ServerError
-from triserve.repository.mar import MarCatalog, StoreOptions
+from triserve.options import ArchiveOptions
+from triserve.repository.mar import MarCatalog
 from triserve.repository.mar_extract import Archive
 from triserve.repository.mar_fetch import download, in_store
-from triserve.repository.ts_config import apply, parse_properties
+from triserve.ts_config import apply, parse_properties
 
 MODEL = b"not really a model"
 
@@ -59,9 +61,11 @@ def test_catalog_describes_an_onnx_archive(tmp_path, inputs):
     assert spec.config.platform == "onnxruntime_onnx"
     assert spec.config.default_model_filename == "model.onnx"
     assert spec.config.max_batch_size == 1 and spec.config.dynamic_batching.max_queue_delay_microseconds == 100_000
-    assert catalog.resolve("fish", "2.0") == 1 and catalog.resolve("fish", None) == 1
-    assert catalog.handler("fish", 1).label(0) == "tench"  # a list value means its last element
-    assert catalog.handler("fish", 1).label(1) == "goldfish"
+    assert catalog.aliases("fish") == {"2.0": 1} and catalog.default_version("fish") == 1
+    assert spec.processors[1].handler == "image_classifier"
+    classifier = processors.build(spec.processors[1])
+    assert classifier.label(0) == "tench"  # a list value means its last element
+    assert classifier.label(1) == "goldfish"
     yaml_spec = catalog.read("fish_yaml")
     assert yaml_spec.config.max_batch_size == 4
     assert yaml_spec.config.dynamic_batching.max_queue_delay_microseconds == 7000
@@ -164,5 +168,5 @@ def test_config_properties(tmp_path):
     assert extra["models"] == ["a=a.mar", "b.mar"]
     assert extra["default_workers_per_model"] == 3 and extra["enable_model_api"] is True
     assert extra["ts_models_config"] == {"a": {"1.0": {"batchSize": 8, "maxBatchDelay": 50}}}
-    store_options = StoreOptions(models_config=extra["ts_models_config"])
+    store_options = ArchiveOptions(models_config=extra["ts_models_config"])
     assert store_options.models_config["a"]["1.0"]["batchSize"] == 8

@@ -10,7 +10,8 @@ import pytest
 import tritonclient.http as httpclient
 
 from triserve.errors import ServerError
-from triserve.repository.config import parse_pbtxt, to_json
+from triserve.protocols.kserve.config_json import to_json
+from triserve.repository.config import parse_pbtxt
 from triserve.repository.triton import read_model
 
 
@@ -74,6 +75,7 @@ def test_config_json_keeps_int64_as_numbers(tmp_path):
     assert rendered["dynamic_batching"]["max_queue_delay_microseconds"] == 100
 
 
+@pytest.mark.slow
 def test_repository_serves_good_models_beside_broken_ones(start_server, example_repo, tmp_path):
     onnx_file = example_repo / "efficientnet_lite0_onnx" / "1" / "model.onnx"
     repo_a, repo_b = tmp_path / "a", tmp_path / "b"

@@ -13,21 +13,26 @@ A backend module provides:
 from __future__ import annotations
 
 import importlib
+import logging
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from triserve import datatypes
 from triserve.errors import invalid, unavailable
+
+log = logging.getLogger("triserve")
 
 # platform -> (module, what to install when the framework is missing)
 PLATFORMS = {
     "onnxruntime_onnx": ("triserve.backends.onnxruntime_onnx", "triserve[onnx]"),
     "pytorch_libtorch": ("triserve.backends.pytorch_libtorch", "triserve[torch]"),
     "tensorflow_savedmodel": ("triserve.backends.tensorflow_savedmodel", "triserve[tensorflow]"),
-    # TorchServe archives' Python handlers; runs only with --allow-custom-handlers
-    "torchserve_handler": ("triserve.backends.torchserve_handler", "triserve"),
 }
 BACKEND_TO_PLATFORM = {
     "onnxruntime": "onnxruntime_onnx",
@@ -51,6 +56,14 @@ class InstanceSettings:
     threads: int = 1  # intra-op threads for this instance
 
 
+def cpu_count() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def count_parameter(config: mc.ModelConfig, key: str, default: int) -> int:
     """A positive integer from config `parameters`; the key in any case (Triton's backends differ)."""
     for name, value in config.parameters.items():
@@ -60,6 +73,34 @@ def count_parameter(config: mc.ModelConfig, key: str, default: int) -> int:
                 raise invalid(f"parameter '{name}' of model '{config.name}' must be a positive integer, got '{text}'")
             return int(text)
     return default
+
+
+class ProcessThreads:
+    """A framework's intra-op and inter-op thread pools, which are process-wide: the first model to
+    load sets them and later models keep them (a model asking for other counts gets a warning).
+
+    `apply(intra, inter)` sets the framework's pools and returns the counts it really has (a
+    framework that already started may keep its own)."""
+
+    def __init__(self, framework: str, first: str, apply: Callable[[int, int], tuple[int, int]]) -> None:
+        self.framework = framework  # "torch", for the log lines
+        self.first = first  # what sets them, for the warning: "TorchScript model"
+        self._apply = apply
+        self._lock = threading.Lock()
+        self.counts: tuple[int, int] | None = None  # (intra, inter) once set
+
+    def request(self, model: str, intra: int, inter: int) -> None:
+        with self._lock:
+            if self.counts is None:
+                self.counts = self._apply(intra, inter)
+                log.info("%s: %d intra-op thread(s), %d inter-op thread(s) for the whole process",
+                         self.framework, *self.counts)
+            elif self.counts != (intra, inter):
+                log.warning(
+                    "model '%s' asks for %d intra-op / %d inter-op %s threads, but %s's thread pools are"
+                    " process-wide and already set to %d / %d by the first %s; keeping those",
+                    model, intra, inter, self.framework, self.framework, *self.counts, self.first,
+                )
 
 
 def check_dims(config: mc.ModelConfig, kind: str, tensor: mc.ModelInput | mc.ModelOutput, model_dims: list[int]) -> None:
@@ -75,7 +116,7 @@ def check_dims(config: mc.ModelConfig, kind: str, tensor: mc.ModelInput | mc.Mod
                 f" (model shape {model_dims}); set max_batch_size to 0"
             )
         model_dims = model_dims[1:]
-    if len(model_dims) != len(dims) or any(m != -1 and d != -1 and m != d for m, d in zip(model_dims, dims)):
+    if not datatypes.dims_fit(model_dims, dims):
         raise invalid(
             f"unable to load model '{config.name}': {kind} '{tensor.name}' dims {dims} in the"
             f" configuration do not match the model's {model_dims}"

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import torch
 from tritonclient.grpc import model_config_pb2 as mc
 
 from triserve import datatypes
-from triserve.backends import InstanceSettings, count_parameter
+from triserve.backends import InstanceSettings, ProcessThreads, count_parameter
 from triserve.errors import ServerError, internal, invalid
 
 log = logging.getLogger("triserve")
@@ -90,29 +89,22 @@ def _device(config: mc.ModelConfig, settings: InstanceSettings) -> torch.device:
 
 
 # -- threads ------------------------------------------------------------------------------
-_threads_lock = threading.Lock()
-_threads: tuple[int, int] | None = None  # (intra, inter) once set
+def _apply_threads(intra: int, inter: int) -> tuple[int, int]:
+    torch.set_num_threads(intra)
+    try:
+        torch.set_num_interop_threads(inter)
+    except RuntimeError:  # the pool already started (torch was used before): keep it
+        inter = torch.get_num_interop_threads()
+    return intra, inter
+
+
+_threads = ProcessThreads("torch", "TorchScript model", _apply_threads)
 
 
 def _set_threads(config: mc.ModelConfig, settings: InstanceSettings) -> None:
-    global _threads
     intra = count_parameter(config, "INTRA_OP_THREAD_COUNT", settings.threads)
     inter = count_parameter(config, "INTER_OP_THREAD_COUNT", 1)
-    with _threads_lock:
-        if _threads is None:
-            torch.set_num_threads(intra)
-            try:
-                torch.set_num_interop_threads(inter)
-            except RuntimeError:  # the pool already started (torch was used before): keep it
-                inter = torch.get_num_interop_threads()
-            _threads = (intra, inter)
-            log.info("torch: %d intra-op thread(s), %d inter-op thread(s) for the whole process", intra, inter)
-        elif _threads != (intra, inter):
-            log.warning(
-                "model '%s' asks for %d intra-op / %d inter-op torch threads, but torch's thread pools are"
-                " process-wide and already set to %d / %d by the first TorchScript model; keeping those",
-                config.name, intra, inter, *_threads,
-            )
+    _threads.request(config.name, intra, inter)
 
 
 # -- binding ------------------------------------------------------------------------------
@@ -174,10 +166,6 @@ def _results(value: Any) -> list[torch.Tensor]:
         if not isinstance(item, torch.Tensor):
             raise internal(f"PyTorch model output {i} is a {type(item).__name__}; only Tensor outputs are supported")
     return items
-
-
-def _fits(shape: list[int], dims: list[int]) -> bool:
-    return len(shape) == len(dims) and all(d == -1 or d == s for s, d in zip(shape, dims))
 
 
 class TorchModel:
@@ -250,7 +238,7 @@ class TorchModel:
                     f"output '{name}' has shape {shape}; its first dimension should be the batch size {batch}"
                 )
             shape = shape[1:]
-        if not _fits(shape, dims):
+        if not datatypes.dims_fit(shape, dims):
             raise internal(
                 f"output '{name}' has shape {shape}{' after the batch dimension' if batch is not None else ''},"
                 f" but the configuration says {dims}"
@@ -274,8 +262,7 @@ def _zeros(config: mc.ModelConfig) -> dict[str, np.ndarray] | None:
         if any(d < 0 for d in dims) or mc.DataType.Name(t.data_type) not in _TORCH_TYPES:
             return None
         shape = ([1] if config.max_batch_size > 0 else []) + dims
-        dtype = datatypes.to_numpy(datatypes.from_config(mc.DataType.Name(t.data_type)))
-        zeros[t.name] = np.zeros(shape, dtype)
+        zeros[t.name] = np.zeros(shape, datatypes.numpy_of_config(t.data_type))
     return zeros
 
 

@@ -32,8 +32,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2  # noqa: E4
 from tritonclient.grpc import model_config_pb2 as mc  # noqa: E402
 
 from triserve import datatypes  # noqa: E402
-from triserve.backends import InstanceSettings, check_dims, count_parameter  # noqa: E402
-from triserve.core.instances import cpu_count  # noqa: E402
+from triserve.backends import InstanceSettings, ProcessThreads, check_dims, count_parameter, cpu_count  # noqa: E402
 from triserve.errors import internal, invalid  # noqa: E402
 
 log = logging.getLogger("triserve")
@@ -163,30 +162,24 @@ def autocomplete(config: mc.ModelConfig, model_file: Path) -> None:
 
 
 # -- threads ------------------------------------------------------------------------------
-_lock = threading.Lock()
-_threads: tuple[int, int] | None = None
+def _apply_threads(intra: int, inter: int) -> tuple[int, int]:
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError:  # TensorFlow already started in this process: its pools are fixed
+        intra = tf.config.threading.get_intra_op_parallelism_threads()
+        inter = tf.config.threading.get_inter_op_parallelism_threads()
+    return intra, inter
+
+
+_threads = ProcessThreads("tensorflow", "SavedModel", _apply_threads)
 
 
 def _set_threads(config: mc.ModelConfig, settings: InstanceSettings) -> None:
-    """Call with _lock held, before TensorFlow's runtime starts."""
-    global _threads
+    """Call before TensorFlow's runtime starts (the first SavedModel load starts it)."""
     intra = count_parameter(config, "intra_op_thread_count", settings.threads)
     inter = count_parameter(config, "inter_op_thread_count", cpu_count())
-    if _threads is None:
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(intra)
-            tf.config.threading.set_inter_op_parallelism_threads(inter)
-        except RuntimeError:  # TensorFlow already started in this process: its pools are fixed
-            intra = tf.config.threading.get_intra_op_parallelism_threads()
-            inter = tf.config.threading.get_inter_op_parallelism_threads()
-        _threads = (intra, inter)
-        log.info("tensorflow: %d intra-op thread(s), %d inter-op thread(s) for the whole process", intra, inter)
-    elif _threads != (intra, inter):
-        log.warning(
-            "model '%s' asks for %d intra-op / %d inter-op TensorFlow threads, but TensorFlow's pools are"
-            " process-wide and already set to %d / %d by the first SavedModel; keeping those",
-            config.name, intra, inter, *_threads,
-        )
+    _threads.request(config.name, intra, inter)
 
 
 # -- loaded SavedModels, shared by the instances of a version ------------------------------
@@ -200,6 +193,7 @@ class _Loaded:
 
 _Key = tuple[str, str, str, tuple]
 _loaded: dict[_Key, _Loaded] = {}
+_lock = threading.Lock()  # guards _loaded; held while a SavedModel loads
 
 
 def _fingerprint(folder: Path) -> tuple:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from triserve.bench.results import Result, progress, result
+from triserve.bench.results import MIN_COMPLETED, Result, progress, result
 
 HOST = "127.0.0.1"
 
@@ -92,7 +92,8 @@ Sender = HTTPSender | GRPCSender
 
 
 async def _drive(sender: Sender, concurrency: int, seconds: float) -> tuple[list[float], float, list[str]]:
-    """Latencies of the requests started in the measured window, its length, and the failures."""
+    """Latencies of the requests started in the measured window, its length, and the failures.
+    The window lasts `seconds`, and longer until MIN_COMPLETED of its requests have completed."""
     latencies: list[float] = []
     errors: list[str] = []
     async with sender.clients(concurrency) as sends:
@@ -100,7 +101,7 @@ async def _drive(sender: Sender, concurrency: int, seconds: float) -> tuple[list
         stop = start + seconds
 
         async def loop(send: Send) -> None:
-            while (t := time.perf_counter()) < stop:
+            while (t := time.perf_counter()) < stop or len(latencies) + len(errors) < MIN_COMPLETED:
                 error = await send()
                 if t < start:
                     continue

@@ -66,7 +66,7 @@ def read_bench_model(repo: Path, name: str, image: Any) -> BenchModel:
     layout = mc.ModelInput.Format.Name(tensor.format).removeprefix("FORMAT_")
     dims = list(tensor.dims)
     c, h, w = (dims[2], dims[0], dims[1]) if layout == "NHWC" else dims
-    datatype = datatypes.from_config(mc.DataType.Name(tensor.data_type))
+    datatype = datatypes.name_of_config(tensor.data_type)
     sample = image_client_preprocess(image, layout, datatypes.to_numpy(datatype), c, h, w, "NONE")
     return BenchModel(name, platform, model_file, tensor.name, config.output[0].name, datatype, sample)
 

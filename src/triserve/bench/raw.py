@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from triserve.bench.results import Result, result
+from triserve.bench.results import MIN_COMPLETED, Result, result
 
 Runner = Callable[[np.ndarray], np.ndarray]  # one input batch -> the model's first output
 
@@ -62,7 +62,7 @@ def _torch_runners(model_file: Path, count: int, threads: int) -> list[Runner]:
 def _tf_runners(model_file: Path, count: int, threads: int) -> list[Runner]:
     import tensorflow as tf
 
-    from triserve.core.instances import cpu_count
+    from triserve.backends import cpu_count
 
     with contextlib.suppress(RuntimeError):  # process-wide, fixed once TensorFlow has started
         tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -88,7 +88,8 @@ def open_runners(platform: str, model_file: Path, count: int, threads: int) -> l
 
 
 def measure_raw(label: str, calls: list[Callable[[], Any]], images_per_call: int, seconds: float) -> Result:
-    """Each call in its own thread, back to back, for `seconds` (after a few warm-up calls)."""
+    """Each call in its own thread, back to back, for `seconds` and until MIN_COMPLETED calls
+    completed (after a few warm-up calls)."""
     for call in calls:
         for _ in range(3):  # the first runs compile and profile (TorchScript, TF functions)
             call()
@@ -96,7 +97,7 @@ def measure_raw(label: str, calls: list[Callable[[], Any]], images_per_call: int
     stop = time.perf_counter() + seconds
 
     def loop(call: Callable[[], Any], out: list[float]) -> None:
-        while (t := time.perf_counter()) < stop:
+        while (t := time.perf_counter()) < stop or sum(map(len, latencies)) < MIN_COMPLETED:
             call()
             out.append(time.perf_counter() - t)
 

@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+# A measurement runs for the seconds asked and until at least this many calls completed in it: on
+# a busy machine a short window can otherwise pass with no call finished, and read as 0 images/s.
+MIN_COMPLETED = 5
+
+
 @dataclass
 class Result:
     label: str

@@ -39,7 +39,7 @@ def _wait_listening(process: subprocess.Popen, ports: list[int], log: Path, time
 def running_server(args: list[str], frontends: tuple[str, ...], log: Path) -> Iterator[dict[str, int]]:
     """A `triserve serve ARGS` subprocess with only `frontends` on, on free ports; yields name -> port.
     A model that fails to load stops it (--exit-on-error), with the reason from `log`."""
-    from triserve.server import FRONTENDS
+    from triserve.options import FRONTENDS
 
     ports = {name: _free_port() if name in frontends else 0 for name in FRONTENDS}
     flags = [text for name, port in ports.items() for text in (f"--{name.replace('_', '-')}-port", str(port))]

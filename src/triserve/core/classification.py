@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from triserve.errors import invalid
+from triserve.vision.topk import label, top_indices
 
 
 def classify(values: np.ndarray, k: int, labels: list[str], batched: bool, output: str) -> np.ndarray:
@@ -14,11 +15,11 @@ def classify(values: np.ndarray, k: int, labels: list[str], batched: bool, outpu
     rows = values.reshape(values.shape[0], -1) if batched and values.ndim > 0 else values.reshape(1, -1)
     count = min(k, rows.shape[1])
     result = np.empty((rows.shape[0], count), dtype=np.object_)
-    for r, row in enumerate(rows):
-        top = np.argsort(-row.astype(np.float64), kind="stable")[:count]
+    for r, (row, top) in enumerate(zip(rows, top_indices(rows, count))):
         for c, index in enumerate(top):
             text = f"{float(row[index]):f}:{index}"
-            if index < len(labels):
-                text += ":" + labels[index]
+            name = label(labels, int(index))
+            if name is not None:
+                text += ":" + name
             result[r, c] = text.encode()
     return result if batched else result[0]

@@ -8,20 +8,11 @@ images/s with onnxruntime).
 
 from __future__ import annotations
 
-import os
-
 from tritonclient.grpc import model_config_pb2 as mc
 
-from triserve.backends import InstanceSettings
+from triserve.backends import InstanceSettings, cpu_count
 
 DEFAULT_CPU_INSTANCES = 2
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def complete_instance_groups(config: mc.ModelConfig) -> None:

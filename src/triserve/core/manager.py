@@ -12,21 +12,17 @@ from dataclasses import dataclass, field
 from tritonclient.grpc import model_config_pb2 as mc
 
 from triserve import backends
+from triserve.core import processors
+from triserve.core.catalog import Catalog, Uploads
 from triserve.core.instances import complete_instance_groups, instance_settings
 from triserve.core.memory import release_free_memory
 from triserve.core.model import Model, read_labels
+from triserve.core.spec import ModelSpec
+from triserve.core.status import LOADING, READY, UNAVAILABLE, UNLOADED, UNLOADING, IndexRow
 from triserve.core.warmup import best_batch_size, run_warmup
 from triserve.errors import Code, ServerError, internal, invalid, not_found, unavailable
-from triserve.repository.catalog import Catalog
-from triserve.repository.spec import ModelSpec
-from triserve.repository.triton import read_override
 
 log = logging.getLogger("triserve")
-
-READY = "READY"
-UNAVAILABLE = "UNAVAILABLE"
-LOADING = "LOADING"
-UNLOADING = "UNLOADING"
 
 
 @dataclass
@@ -40,13 +36,25 @@ class ModelEntry:
     reason: str = ""
     version_states: dict[int, tuple[str, str]] = field(default_factory=dict)
     fingerprint: object = None  # what the catalog showed at the last load (poll mode compares)
+    tried_versions: tuple[int, ...] = ()  # what the last load attempt was for
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class ModelManager:
-    def __init__(self, catalogs: list[Catalog], control_mode: str = "none") -> None:
+    """The models of every catalog and their versions' lifecycles. Front ends reach it only
+    through the data plane (core/dataplane.py)."""
+
+    def __init__(
+        self,
+        catalogs: list[Catalog],
+        control_mode: str = "none",
+        uploads: Uploads | None = None,
+        allow_custom_code: bool = False,
+    ) -> None:
         self.catalogs = catalogs
         self.control_mode = control_mode
+        self.uploads = uploads  # where the repository API's `file:` contents are written
+        self.allow_custom_code = allow_custom_code  # TorchServe archives' handler code may run
         self.entries: dict[str, ModelEntry] = {}
         # One loader thread: models load one after another, so the batch-size measurement a load
         # ends with (core/warmup.py) is not skewed by another model loading beside it.
@@ -61,50 +69,24 @@ class ModelManager:
                     self.entries[name] = ModelEntry(name, catalog)
 
     # -- lookup -------------------------------------------------------------------------
-    def get(self, name: str, version: str = "") -> Model:
-        entry = self.entries.get(name)
-        if entry is None or (not entry.versions and entry.state == ""):
-            raise not_found(f"Request for unknown model: '{name}' is not found")
-        if not entry.versions:
-            raise unavailable(
-                f"Request for unknown model: '{name}' has no available versions"
-                + (f" ({entry.reason})" if entry.reason else "")
-            )
-        if not version:
-            return entry.versions[max(entry.versions)]
-        try:
-            model = entry.versions.get(int(version))
-        except ValueError:
-            raise invalid(f"model version '{version}' of model '{name}' is not a number") from None
-        if model is None:
-            raise unavailable(f"Request for unknown model: '{name}' version {version} is not at ready state")
-        return model
-
     def models(self) -> list[Model]:
         return [m for e in self.entries.values() for m in e.versions.values()]
 
     def ready(self, strict: bool = True) -> bool:
-        """Strict: every model that was asked to load is ready. Otherwise: the server is up."""
-        return not strict or all(e.versions for e in self.entries.values() if e.state)
+        """Strict: every model that was asked to load is ready, unless unloaded since (as in
+        Triton). Otherwise: the server is up."""
+        return not strict or all(e.versions for e in self.entries.values() if e.state and e.reason != UNLOADED)
 
-    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
-        rows: list[dict[str, str]] = []
+    def index(self, ready_only: bool = False) -> list[IndexRow]:
+        rows: list[IndexRow] = []
         for name in sorted(self.entries):
             entry = self.entries[name]
             if entry.version_states:
                 for version, (state, reason) in sorted(entry.version_states.items()):
-                    row = {"name": name, "version": str(version), "state": state}
-                    if reason:
-                        row["reason"] = reason
-                    rows.append(row)
-            elif entry.state:
-                row = {"name": name, "state": entry.state}
-                if entry.reason:
-                    row["reason"] = entry.reason
-                rows.append(row)
+                    rows.append(IndexRow(name, str(version), state, reason))
             else:
-                rows.append({"name": name})
-        return [r for r in rows if r.get("state") == READY] if ready_only else rows
+                rows.append(IndexRow(name, "", entry.state, entry.reason))
+        return [r for r in rows if r.state == READY] if ready_only else rows
 
     # -- lifecycle ----------------------------------------------------------------------
     async def load(
@@ -119,9 +101,9 @@ class ModelManager:
         if entry is None:
             self.refresh_names()
             entry = self.entries.get(name)
-        if entry is None and files:
+        if entry is None and files and self.uploads is not None:
             entry = self.entries[name] = ModelEntry(name, None)  # a model that exists only as uploaded files
-        if entry is None or (entry.catalog is None and not files):
+        if entry is None or (entry.catalog is None and not files) or (files and self.uploads is None):
             raise not_found(f"failed to load '{name}', failed to poll from model repository")
         async with entry.lock:
             if not entry.versions:
@@ -130,11 +112,13 @@ class ModelManager:
             started = time.monotonic()
             try:
                 if files:
-                    spec = await loop.run_in_executor(self._loader, read_override, name, config, files)
+                    assert self.uploads is not None
+                    spec = await loop.run_in_executor(self._loader, self.uploads.write, name, config, files)
                 else:
-                    entry.fingerprint = await loop.run_in_executor(self._loader, _fingerprint, entry.catalog, name)
+                    entry.fingerprint = await loop.run_in_executor(self._loader, entry.catalog.fingerprint, name)
                     spec = await loop.run_in_executor(self._loader, entry.catalog.read, name, config)
-                built = await loop.run_in_executor(self._loader, _build, spec)
+                entry.tried_versions = tuple(sorted(spec.versions))
+                built = await loop.run_in_executor(self._loader, _build, spec, self.allow_custom_code)
             except ServerError as e:
                 self._failed(entry, e.message)
                 raise
@@ -146,14 +130,14 @@ class ModelManager:
             for version, b in sorted(built.items()):
                 new_versions[version] = Model(
                     b.config, version, b.labels, [i.run for i in b.instances], [i.close for i in b.instances],
-                    b.batch_limit,
+                    b.batch_limit, b.processor,
                 )
             old = entry.versions
             entry.versions = new_versions  # the atomic swap: new requests see only the new set
             entry.state, entry.reason = READY, ""
             # Versions the reload retired stay listed as unloaded, as in Triton's repository index.
             entry.version_states = {
-                **{v: (UNAVAILABLE, "unloaded") for v in entry.version_states if v not in new_versions},
+                **{v: (UNAVAILABLE, UNLOADED) for v in entry.version_states if v not in new_versions},
                 **{v: (READY, "") for v in new_versions},
             }
             elapsed = time.monotonic() - started
@@ -163,22 +147,6 @@ class ModelManager:
                     name, version, model.platform, model.instance_count, elapsed,
                 )
         await _close_all(old.values())
-
-    async def request_load(self, name: str, config: mc.ModelConfig | None = None, files: dict | None = None) -> None:
-        """A client's load request (repository API): only in explicit control mode."""
-        self._check_explicit()
-        await self.load(name, config, files)
-
-    async def request_unload(self, name: str, unload_dependents: bool = False) -> None:
-        self._check_explicit()
-        await self.unload(name)
-
-    def _check_explicit(self) -> None:
-        if self.control_mode != "explicit":
-            raise ServerError(
-                f"explicit model load / unload is not allowed if model control mode is {self.control_mode.upper()}",
-                Code.UNAVAILABLE,
-            )
 
     def _failed(self, entry: ModelEntry, reason: str) -> None:
         log.error("failed to load model '%s': %s", entry.name, reason)
@@ -197,8 +165,8 @@ class ModelManager:
             entry.version_states = {v: (UNLOADING, "") for v in old}
             entry.versions = {}
             await _close_all(old.values())
-            entry.state, entry.reason = UNAVAILABLE, "unloaded"
-            entry.version_states = {v: (UNAVAILABLE, "unloaded") for v in old}
+            entry.state, entry.reason = UNAVAILABLE, UNLOADED
+            entry.version_states = {v: (UNAVAILABLE, UNLOADED) for v in old}
             log.info("unloaded model '%s'", name)
 
     async def remove(self, name: str) -> None:
@@ -213,9 +181,11 @@ class ModelManager:
         if count == 0:
             await self.unload(name)
             return
-        model = self.get(name)
+        entry = self.entries.get(name)
+        if entry is None or not entry.versions:
+            raise unavailable(f"model '{name}' is not loaded; it cannot be scaled")
         config = mc.ModelConfig()
-        config.CopyFrom(model.config)
+        config.CopyFrom(entry.versions[max(entry.versions)].config)
         kind = config.instance_group[0].kind if config.instance_group else mc.ModelInstanceGroup.KIND_CPU
         del config.instance_group[:]
         config.instance_group.add(kind=kind, count=count)
@@ -241,8 +211,7 @@ class ModelManager:
         polled = self.catalogs if catalogs is None else catalogs
         try:
             for c in polled:
-                if hasattr(c, "refresh"):
-                    await loop.run_in_executor(self._loader, c.refresh)
+                await loop.run_in_executor(self._loader, c.refresh)
             found = {n: c for c in polled for n in await loop.run_in_executor(self._loader, c.names)}
         except ServerError as e:
             log.error("repository poll failed: %s", e.message)
@@ -257,7 +226,7 @@ class ModelManager:
             entry = self.entries.setdefault(name, ModelEntry(name, catalog))
             if entry.catalog is not catalog:
                 continue  # the name is served from another source; its fingerprints are not comparable
-            if await loop.run_in_executor(self._loader, _fingerprint, catalog, name) != entry.fingerprint:
+            if await loop.run_in_executor(self._loader, catalog.fingerprint, name) != entry.fingerprint:
                 try:
                     await self.load(name)
                 except ServerError:
@@ -269,15 +238,11 @@ class ModelManager:
             await self.poll(catalogs)
 
     async def close(self) -> None:
+        old = [m for e in self.entries.values() for m in e.versions.values()]
         for entry in self.entries.values():
-            old, entry.versions = entry.versions, {}
-            await _close_all(old.values())
+            entry.versions = {}
+        await _close_all(old)  # one garbage collection for all of them (it takes long in a large heap)
         self._loader.shutdown(wait=False)
-
-
-def _fingerprint(catalog: Catalog, name: str) -> object:
-    fingerprint = getattr(catalog, "fingerprint", None)
-    return fingerprint(name) if fingerprint else None
 
 
 async def _close_all(models) -> None:
@@ -296,15 +261,20 @@ class _Built:
     labels: dict[str, list[str]]
     instances: list
     batch_limit: int  # the largest batch the dynamic batcher forms
+    processor: processors.Processor | None = None
 
 
-def _build(spec: ModelSpec) -> dict[int, _Built]:
+def _build(spec: ModelSpec, allow_custom_code: bool = False) -> dict[int, _Built]:
     """On a loader thread: complete the config, then create every instance of every version."""
     newest = spec.versions[max(spec.versions)]
     config = mc.ModelConfig()
     config.CopyFrom(spec.config)
-    platform = backends.platform_of(config, newest)
-    backend = backends.get(platform)
+    if config.platform == processors.CUSTOM_PLATFORM:
+        backend = processors.custom_backend(allow_custom_code, config.name)
+        platform = config.platform
+    else:
+        platform = backends.platform_of(config, newest)
+        backend = backends.get(platform)
     config.platform = config.platform or platform
     config.backend = config.backend or backend.BACKEND
     if not config.default_model_filename:
@@ -317,21 +287,21 @@ def _build(spec: ModelSpec) -> dict[int, _Built]:
     complete_instance_groups(config)
     labels = read_labels(spec.path, config)
     built = {}
-    for version, version_dir in spec.versions.items():
-        model_file = version_dir / config.default_model_filename
-        instances = []
-        try:
+    try:
+        for version, version_dir in spec.versions.items():
+            processor_spec = spec.processors.get(version)
+            processor = processors.build(processor_spec) if processor_spec is not None else None
+            built[version] = _Built(config, labels, [], config.max_batch_size, processor)
             for settings in instance_settings(config):
-                instances.append(backend.load(config, model_file, settings))
-            run_warmup(config, spec.path, instances)
-            batch_limit = config.max_batch_size
+                built[version].instances.append(backend.load(config, version_dir / config.default_model_filename, settings))
+            run_warmup(config, spec.path, built[version].instances)
             if config.WhichOneof("scheduling_choice") == "dynamic_batching" and not config.dynamic_batching.preferred_batch_size:
-                batch_limit = best_batch_size(config, instances)
-        except BaseException:
-            for instance in instances:
+                built[version].batch_limit = best_batch_size(config, built[version].instances)
+    except BaseException:
+        for b in built.values():  # nothing half-loaded stays behind
+            for instance in b.instances:
                 instance.close()
-            raise
-        built[version] = _Built(config, labels, instances, batch_limit)
+        raise
     return built
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Awaitable
+from typing import Awaitable
 
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
 from triserve import datatypes
 from triserve.core.classification import classify
+from triserve.core.processors import Processor
 from triserve.core.scheduler import BatchingPolicy, RunFn, Scheduler
 from triserve.core.stats import ModelStats
 from triserve.core.types import InferRequest, InferResponse, RequestedOutput
@@ -40,17 +41,19 @@ class Model:
         runners: list[RunFn],
         closers: list,
         batch_limit: int | None = None,
+        processor: Processor | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
         self.version = version
         self.version_str = str(version)
         self.labels = labels
+        self.processor = processor  # what turns request rows into tensors and back (TorchServe handlers)
         self.max_batch_size = config.max_batch_size
         self.inputs = {t.name: t for t in config.input}
         self.outputs = {t.name: t for t in config.output}
         self.output_names = list(self.outputs)
-        self._input_types = {t.name: datatypes.to_numpy(datatypes.from_config(mc.DataType.Name(t.data_type))) for t in config.input}
+        self._input_types = {t.name: datatypes.numpy_of_config(t.data_type) for t in config.input}
         self._required = {t.name for t in config.input if not t.optional}
         self.stats = ModelStats(self.name, version)
         self.loaded_at = time.time()  # when this version's instances became ready
@@ -59,17 +62,6 @@ class Model:
             self.name, runners, self.output_names, BatchingPolicy.from_config(config, config.max_batch_size if batch_limit is None else batch_limit),
             self.stats,
         )
-
-    # -- metadata -------------------------------------------------------------------------
-    def tensor_metadata(self, tensor: mc.ModelInput | mc.ModelOutput) -> dict[str, Any]:
-        shape = list(tensor.dims)
-        if self.max_batch_size > 0:
-            shape = [-1, *shape]
-        return {
-            "name": tensor.name,
-            "datatype": datatypes.from_config(mc.DataType.Name(tensor.data_type)),
-            "shape": shape,
-        }
 
     @property
     def instance_count(self) -> int:
@@ -138,7 +130,7 @@ class Model:
             shape = list(array.shape)
             if self.max_batch_size > 0:
                 expected = [-1, *dims]
-                if not shape or not _fits(shape[1:], dims):
+                if not shape or not datatypes.dims_fit(shape[1:], dims):
                     raise invalid(
                         f"{prefix}unexpected shape for input '{name}' for model '{self.name}'. Expected"
                         f" {_fmt(expected)}, got {_fmt(shape)}. NOTE: Setting a non-zero max_batch_size in the"
@@ -153,7 +145,7 @@ class Model:
                         f" {batch_size} of the other inputs for model '{self.name}'"
                     )
                 batch_size = shape[0]
-            elif not _fits(shape, dims):
+            elif not datatypes.dims_fit(shape, dims):
                 raise invalid(
                     f"{prefix}unexpected shape for input '{name}' for model '{self.name}'. Expected"
                     f" {_fmt(dims)}, got {_fmt(shape)}"
@@ -184,10 +176,6 @@ class Model:
                 close()
             except Exception:  # a backend failing to free must not stop an unload
                 log.exception("closing model '%s' version %d", self.name, self.version)
-
-
-def _fits(shape: list[int], dims: list[int]) -> bool:
-    return len(shape) == len(dims) and all(d == -1 or d == s for s, d in zip(shape, dims))
 
 
 def _fmt(shape: list[int]) -> str:

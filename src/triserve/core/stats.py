@@ -1,10 +1,10 @@
-"""Per model-version statistics in Triton's schema; Prometheus metrics read the same numbers."""
+"""Per model-version statistics, counted as Triton counts them; every protocol's statistics and
+metrics read the same numbers."""
 
 from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from typing import Any
 
 # Request latency histogram buckets, in microseconds (Prometheus `le` values).
 LATENCY_BUCKETS_US = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000)
@@ -20,9 +20,6 @@ class Duration:
     def add(self, ns: int, count: int = 1) -> None:
         self.count += count
         self.ns += ns
-
-    def to_json(self) -> dict[str, int]:
-        return {"count": self.count, "ns": self.ns}
 
 
 class Histogram:
@@ -84,33 +81,3 @@ class ModelStats:
         durations[0].add(input_ns)
         durations[1].add(infer_ns)
         durations[2].add(output_ns)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": str(self.version),
-            "last_inference": self.last_inference_ms,
-            "inference_count": self.inference_count,
-            "execution_count": self.execution_count,
-            "inference_stats": {
-                "success": self.success.to_json(),
-                "fail": self.fail.to_json(),
-                "queue": self.queue.to_json(),
-                "compute_input": self.compute_input.to_json(),
-                "compute_infer": self.compute_infer.to_json(),
-                "compute_output": self.compute_output.to_json(),
-                "cache_hit": {"count": 0, "ns": 0},
-                "cache_miss": {"count": 0, "ns": 0},
-            },
-            "response_stats": {},
-            "batch_stats": [
-                {
-                    "batch_size": size,
-                    "compute_input": d[0].to_json(),
-                    "compute_infer": d[1].to_json(),
-                    "compute_output": d[2].to_json(),
-                }
-                for size, d in sorted(self.batches.items())
-            ],
-            "memory_usage": [],
-        }

@@ -27,16 +27,12 @@ CALIBRATION_RUNS = 3  # per batch size; the fastest run counts (noise only ever 
 CALIBRATION_TOLERANCE = 1.03  # a larger batch must beat batch 1 by more than the noise
 
 
-def _dtype(data_type: int) -> np.dtype:
-    return datatypes.to_numpy(datatypes.from_config(mc.DataType.Name(data_type)))
-
-
 def warmup_inputs(warmup: mc.ModelWarmup, model_dir: Path, batched: bool) -> dict[str, np.ndarray]:
     inputs = {}
     rng = np.random.default_rng(0)
     for name, spec in warmup.inputs.items():
         shape = ([max(warmup.batch_size, 1)] if batched else []) + list(spec.dims)
-        dtype = _dtype(spec.data_type)
+        dtype = datatypes.numpy_of_config(spec.data_type)
         kind = spec.WhichOneof("input_data_type")
         if kind == "input_data_file":
             path = model_dir / "warmup" / spec.input_data_file
@@ -78,7 +74,7 @@ def best_batch_size(config: mc.ModelConfig, instances: list[Any]) -> int:
     per_image = {}
     with ThreadPoolExecutor(len(instances)) as pool:
         for size in sizes:
-            inputs = {t.name: np.zeros([size, *t.dims], dtype=_dtype(t.data_type)) for t in config.input}
+            inputs = {t.name: np.zeros([size, *t.dims], datatypes.numpy_of_config(t.data_type)) for t in config.input}
 
             def run_all() -> float:
                 start = time.perf_counter()

@@ -1,5 +1,2 @@
-"""Model sources (Triton repository, TorchServe archives, TF Serving config) turned into ModelSpecs."""
-
-from triserve.repository.spec import ModelSpec
-
-__all__ = ["ModelSpec"]
+"""Model sources turned into core ModelSpecs: Triton repositories, TorchServe archives, a TF Serving
+models.conf, and the repository API's uploads."""

@@ -33,65 +33,25 @@ from typing import Any
 import yaml
 from tritonclient.grpc import model_config_pb2 as mc
 
-from triserve.errors import Code, ServerError, invalid, not_found
-from triserve.handlers import NATIVE, NOT_SUPPORTED, Handler, StatusError, native
+from triserve.core.catalog import Registration, Registry, Settings
+from triserve.core.processors import CUSTOM, CUSTOM_PLATFORM, NATIVE, NOT_SUPPORTED
+from triserve.core.spec import ModelSpec, ProcessorSpec
+from triserve.errors import Code, ServerError, StatusError, invalid, not_found
+from triserve.options import DEFAULT_JOB_QUEUE_SIZE, ArchiveOptions
 from triserve.repository.mar_extract import MANIFEST, Archive, iter_store
 from triserve.repository.mar_fetch import download, in_store, is_remote
-from triserve.repository.spec import ModelSpec
 
 log = logging.getLogger("triserve")
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")  # torch-model-archiver's rule
 DEFAULT_VERSION = "1.0"
-DEFAULT_BATCH_SIZE = 1
-DEFAULT_MAX_BATCH_DELAY_MS = 100
-DEFAULT_JOB_QUEUE_SIZE = 100
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".torchscript", ".ts")
-CUSTOM_PLATFORM = "torchserve_handler"
 # A file field of the manifest: torch-model-archiver stores basenames only.
 _FILE_FIELDS = ("serializedFile", "modelFile", "requirementsFile", "configFile")
 
 
 def conflict(message: str) -> ServerError:
     return ServerError(message, Code.ALREADY_EXISTS)
-
-
-@dataclass
-class StoreOptions:
-    """The operator's choices that apply to every archive."""
-
-    allow_custom_handlers: bool = False
-    allowed_url_hosts: list[str] = field(default_factory=list)
-    default_workers: int | None = None  # None: the core's default instance count
-    job_queue_size: int = DEFAULT_JOB_QUEUE_SIZE
-    models_config: dict[str, Any] = field(default_factory=dict)  # config.properties `models` JSON
-
-
-@dataclass
-class Settings:
-    batch_size: int = DEFAULT_BATCH_SIZE
-    max_batch_delay_ms: int = DEFAULT_MAX_BATCH_DELAY_MS
-    workers: int | None = None  # None: the core's default
-
-
-@dataclass
-class Registration:
-    """One archive registered as one version of a model."""
-
-    name: str
-    version: str
-    url: str  # as given (describe's modelUrl)
-    source: Path | None
-    settings: Settings
-    loaded_at_startup: bool = False
-    manifest: dict = field(default_factory=dict)
-    folder: Path | None = None  # the extracted archive
-    handler: Handler | None = None
-    error: str = ""  # why a startup archive could not even be read
-
-    @property
-    def model(self) -> dict:
-        return self.manifest.get("model", {})
 
 
 def _int(value: Any, what: str) -> int:
@@ -151,10 +111,10 @@ def needs_code(manifest: dict) -> bool:
     return model.get("handler", "").split(":", 1)[0] not in NATIVE or bool(model.get("modelFile"))
 
 
-class MarCatalog:
-    def __init__(self, store: Path | None, options: StoreOptions | None = None) -> None:
+class MarCatalog(Registry):
+    def __init__(self, store: Path | None, options: ArchiveOptions | None = None) -> None:
         self.store = store
-        self.options = options or StoreOptions()
+        self.options = options or ArchiveOptions()
         self._models: dict[str, dict[int, Registration]] = {}
         self._default: dict[str, int] = {}
         self._root = Path(tempfile.mkdtemp(prefix="triserve-mar-"))
@@ -180,11 +140,13 @@ class MarCatalog:
             if config.instance_group and config.instance_group[0].count == 0:
                 raise invalid(f"model '{name}' has 0 workers; scale it up to start it")
         folders = {}
+        processors = {}
         for number, registration in versions.items():
             assert registration.folder is not None
             self._link_model_file(registration, config.default_model_filename)
             folders[number] = registration.folder
-        return ModelSpec(name, default.folder, config, folders, source=f"archive {default.url}")
+            processors[number] = _processor(registration)
+        return ModelSpec(name, default.folder, config, folders, source=f"archive {default.url}", processors=processors)
 
     # -- what the TorchServe front ends ask -----------------------------------------------------
     def __contains__(self, name: str) -> bool:
@@ -200,9 +162,12 @@ class MarCatalog:
             raise not_found(f"Model not found: {name}")
         return versions
 
-    def default_version(self, name: str) -> int:
-        self.registrations(name)
-        return self._default[name]
+    def default_version(self, name: str) -> int | None:
+        return self._default.get(name)
+
+    def aliases(self, name: str) -> dict[str, int]:
+        """TorchServe's version strings ("1.0") -> version numbers."""
+        return {r.version: number for number, r in self._models.get(name, {}).items()}
 
     def resolve(self, name: str, version: str | None) -> int:
         """TorchServe version string (None: the default) -> version number."""
@@ -214,12 +179,6 @@ class MarCatalog:
                 return number
         raise StatusError(f"Model version: {version} does not exist for model: {name}", 404,
                           "ModelVersionNotFoundException")
-
-    def handler(self, name: str, number: int) -> Handler:
-        registration = self.registrations(name).get(number)
-        if registration is None or registration.handler is None:
-            raise not_found(f"Model version: {number} does not exist for model: {name}")
-        return registration.handler
 
     def set_default(self, name: str, version: str) -> None:
         self._default[name] = self.resolve(name, version)
@@ -285,7 +244,6 @@ class MarCatalog:
                 target = folder / "model"
                 archive.extract(target)
             registration.folder = target
-            registration.handler = self._handler(registration)
             if is_remote(url):
                 shutil.rmtree(folder / "download", ignore_errors=True)
                 registration.source = None
@@ -382,19 +340,10 @@ class MarCatalog:
                 registration.manifest = archive.manifest
                 archive.extract(folder / "model")
             registration.folder = folder / "model"
-            registration.handler = self._handler(registration)
         except BaseException:
             registration.folder = None
             shutil.rmtree(folder, ignore_errors=True)
             raise
-
-    def _handler(self, registration: Registration) -> Handler:
-        assert registration.folder is not None
-        if needs_code(registration.manifest):
-            from triserve.handlers.custom import RowsHandler
-
-            return RowsHandler()
-        return native(registration.model["handler"].split(":", 1)[0], registration.folder)
 
     def config(self, registration: Registration) -> mc.ModelConfig:
         """The ModelConfig of a registered archive, from its manifest and settings."""
@@ -453,26 +402,17 @@ def _stem(path: Path) -> str:
     return name
 
 
-def from_options(extra: dict[str, Any]) -> MarCatalog | None:
-    """The archive catalog `triserve serve` options ask for (--model-store, --models), if any."""
-    if not extra.get("model_store") and not extra.get("models"):
-        return None
-    if extra.get("allow_custom_handlers"):
-        from triserve.backends import torchserve_handler
+def _processor(registration: Registration) -> ProcessorSpec:
+    assert registration.folder is not None
+    handler = CUSTOM if needs_code(registration.manifest) else registration.model["handler"].split(":", 1)[0]
+    return ProcessorSpec(handler, registration.folder)
 
-        torchserve_handler.allow(True)
-    hosts = [h.strip() for entry in extra.get("allowed_url_hosts") or [] for h in entry.split(",") if h.strip()]
-    options = StoreOptions(
-        allow_custom_handlers=bool(extra.get("allow_custom_handlers")),
-        allowed_url_hosts=hosts,
-        default_workers=extra.get("default_workers_per_model"),
-        job_queue_size=extra.get("job_queue_size") or DEFAULT_JOB_QUEUE_SIZE,
-        models_config=extra.get("ts_models_config") or {},
-    )
-    store = Path(extra["model_store"]) if extra.get("model_store") else None
-    catalog = MarCatalog(store, options)
-    for spec in extra.get("models") or []:
-        for item in str(spec).split(","):
-            if item.strip():
-                catalog.add_startup(item.strip())
+
+def from_options(options: ArchiveOptions) -> MarCatalog | None:
+    """The archive catalog `triserve serve` options ask for (--model-store, --models), if any."""
+    if not options.enabled:
+        return None
+    catalog = MarCatalog(options.model_store, options)
+    for spec in options.models:
+        catalog.add_startup(spec)
     return catalog

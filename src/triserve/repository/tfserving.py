@@ -11,9 +11,10 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from triserve.core.catalog import Catalog
+from triserve.core.spec import ModelSpec
 from triserve.errors import ServerError, invalid, not_found, unavailable
 from triserve.protos import tfserving_config_pb2 as tfs
-from triserve.repository.spec import ModelSpec
 from triserve.repository.triton import folder_fingerprint, select_versions
 
 log = logging.getLogger("triserve")
@@ -54,7 +55,7 @@ def triton_policy(policy: tfs.FileSystemStoragePathSourceConfig.ServableVersionP
     return result
 
 
-class TFServingModels:
+class TFServingModels(Catalog):
     """The models of a models.conf (re-read every `config_poll_seconds` when > 0) or of one base path.
 
     Version folders are listed again on every read; the server polls this catalog every
@@ -118,6 +119,7 @@ class TFServingModels:
                 )
             models[model.name] = model
         self.models = models
+        self._read_at = time.monotonic()  # a reload request's config holds until the next file poll is due
 
     def refresh(self) -> None:
         """Re-read the config file when its poll interval has passed; a broken file keeps the old config."""
@@ -133,8 +135,10 @@ class TFServingModels:
         path = Path(self._model(name).base_path).expanduser()
         return path if path.is_absolute() else self._root / path
 
-    def version_labels(self, name: str) -> dict[str, int]:
-        return dict(self._model(name).version_labels)
+    def aliases(self, name: str) -> dict[str, int]:
+        """The model's version labels ("stable" -> 2); none for a model not in the config."""
+        model = self.models.get(name)
+        return dict(model.version_labels) if model is not None else {}
 
     def _model(self, name: str) -> tfs.ModelConfig:
         model = self.models.get(name)

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
-import atexit
-import shutil
-import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from triserve.errors import invalid, not_found, unavailable
+from triserve.core.catalog import Catalog
+from triserve.core.spec import ModelSpec
+from triserve.errors import invalid, unavailable
 from triserve.repository.config import parse_pbtxt
-from triserve.repository.spec import ModelSpec
+
+
+class TritonRepositories(Catalog):
+    """One or more Triton model repositories, merged (a name found twice is an error)."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = list(paths)
+
+    def names(self) -> list[str]:
+        return list(find_models(self.paths))
+
+    def read(self, name: str, config: mc.ModelConfig | None = None) -> ModelSpec:
+        return read_model(name, find_models(self.paths)[name], config)
+
+    def fingerprint(self, name: str) -> object:
+        """Changes whenever a file of the model is added, removed or rewritten (poll mode)."""
+        folder = find_models(self.paths).get(name)
+        return folder_fingerprint(folder) if folder else None
 
 
 def find_models(repositories: list[Path]) -> dict[str, Path]:
@@ -92,26 +108,3 @@ def folder_fingerprint(folder: Path) -> tuple:
             continue
         entries.append((str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns))
     return tuple(entries)
-
-
-_OVERRIDES = Path(tempfile.mkdtemp(prefix="triserve-override-"))
-atexit.register(shutil.rmtree, _OVERRIDES, True)
-
-
-def read_override(name: str, config: mc.ModelConfig | None, files: dict[str, bytes]) -> ModelSpec:
-    """A model folder made of the load API's `file:<path>` contents, used instead of the repository's."""
-    if config is None:
-        raise invalid(f"failed to load '{name}': a 'config' parameter must come with 'file:' parameters")
-    folder = _OVERRIDES / name
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    for key, content in files.items():
-        relative = PurePosixPath(key.removeprefix("file:"))
-        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
-            raise invalid(f"failed to load '{name}': file path '{relative}' must stay inside the model folder")
-        target = folder / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content)
-    if not version_folders(folder):
-        raise not_found(f"failed to load '{name}': the 'file:' parameters hold no numeric version folder")
-    return read_model(name, folder, config)

@@ -1,0 +1,150 @@
+"""What `triserve serve` was asked to do: one frozen dataclass per concern, built once.
+
+`from_args` reads the command line and, under it, TorchServe's config.properties (`--ts-config`:
+the command line wins, then the file, then the defaults). Nothing else reads argparse values.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+# Every front end: name -> (default port, what the log calls it). Port 0 switches one off.
+FRONTENDS: dict[str, tuple[int, str]] = {
+    "http": (8000, "KServe v2 HTTP"),
+    "grpc": (8001, "KServe v2 gRPC"),
+    "metrics": (8002, "Triton metrics"),
+    "tfserving_grpc": (8500, "TF Serving gRPC"),
+    "tfserving_rest": (8501, "TF Serving REST"),
+    "torchserve_inference": (8080, "TorchServe inference"),
+    "torchserve_management": (8081, "TorchServe management"),
+    "torchserve_metrics": (8082, "TorchServe metrics"),
+}
+DEFAULT_PORTS = MappingProxyType({name: port for name, (port, _) in FRONTENDS.items()})
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_GRPC_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # gRPC's own 4 MiB is below a batch of 8 images
+DEFAULT_MAX_REQUEST_SIZE = 6553500  # TorchServe's max_request_size
+DEFAULT_JOB_QUEUE_SIZE = 100  # TorchServe's job_queue_size
+
+
+@dataclass(frozen=True)
+class KServeOptions:
+    strict_readiness: bool = True  # ready only when every model asked to load is ready
+
+
+@dataclass(frozen=True)
+class GRPCOptions:
+    max_message_bytes: int = DEFAULT_GRPC_MAX_MESSAGE_BYTES
+
+
+@dataclass(frozen=True)
+class TorchServeOptions:
+    enable_model_api: bool = False
+    max_request_size: int = DEFAULT_MAX_REQUEST_SIZE
+    enable_token_auth: bool = False
+    token_key_file: Path = Path("key_file.json")
+    token_expiration_min: int = 60
+    # front end name -> the address it binds, where config.properties gave one
+    hosts: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class TFServingOptions:
+    config_file: Path | None = None
+    model_name: str | None = None
+    base_path: Path | None = None
+    fs_poll_seconds: float = 1.0
+    config_poll_seconds: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.config_file is not None or self.base_path is not None
+
+
+@dataclass(frozen=True)
+class ArchiveOptions:
+    """TorchServe model archives (.mar): where they are and what they may do."""
+
+    model_store: Path | None = None
+    models: tuple[str, ...] = ()  # --models / load_models entries: NAME=FILE, FILE or all
+    allow_custom_handlers: bool = False
+    allowed_url_hosts: tuple[str, ...] = ()
+    default_workers: int | None = None  # None: the core's default
+    job_queue_size: int = DEFAULT_JOB_QUEUE_SIZE
+    # config.properties `models`: name -> version -> settings
+    models_config: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def enabled(self) -> bool:
+        return self.model_store is not None or bool(self.models)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    model_repositories: tuple[Path, ...] = ()
+    host: str = DEFAULT_HOST
+    ports: Mapping[str, int] = field(default_factory=lambda: DEFAULT_PORTS)
+    model_control_mode: str = "none"  # none, poll or explicit
+    load_models: tuple[str, ...] = ()  # explicit mode: what loads at start
+    repository_poll_secs: float = 15.0
+    exit_on_error: bool = False
+    log_level: str = "info"
+    kserve: KServeOptions = KServeOptions()
+    grpc: GRPCOptions = GRPCOptions()
+    torchserve: TorchServeOptions = TorchServeOptions()
+    tfserving: TFServingOptions = TFServingOptions()
+    archives: ArchiveOptions = ArchiveOptions()
+
+    def host_of(self, frontend: str) -> str:
+        return self.torchserve.hosts.get(frontend, self.host)
+
+
+def from_args(args: argparse.Namespace) -> ServerOptions:
+    """The options of `triserve serve`; a broken --ts-config raises ServerError."""
+    values: dict[str, Any] = dict(vars(args))
+    ports = {name: values[f"{name}_port"] for name in FRONTENDS}
+    if values.get("ts_config"):
+        from triserve import ts_config
+
+        ts_config.apply(Path(values["ts_config"]), values, ports, dict(DEFAULT_PORTS), values["host"], DEFAULT_HOST)
+    hosts = [h.strip() for entry in values.get("allowed_url_hosts") or [] for h in entry.split(",") if h.strip()]
+    models = [m.strip() for entry in values.get("models") or [] for m in str(entry).split(",") if m.strip()]
+    return ServerOptions(
+        model_repositories=tuple(Path(p) for p in values["model_repository"]),
+        host=values["host"],
+        ports=MappingProxyType(ports),
+        model_control_mode=values["model_control_mode"],
+        load_models=tuple(values["load_model"]),
+        repository_poll_secs=values["repository_poll_secs"],
+        exit_on_error=values["exit_on_error"],
+        log_level=values["log_level"],
+        kserve=KServeOptions(strict_readiness=values["strict_readiness"]),
+        grpc=GRPCOptions(max_message_bytes=values["grpc_max_message_bytes"]),
+        torchserve=TorchServeOptions(
+            enable_model_api=bool(values.get("enable_model_api")),
+            max_request_size=values.get("max_request_size") or DEFAULT_MAX_REQUEST_SIZE,
+            enable_token_auth=bool(values.get("enable_token_auth")),
+            token_key_file=Path(values.get("token_key_file") or "key_file.json"),
+            token_expiration_min=int(values.get("token_expiration_min") or 60),
+            hosts=MappingProxyType(dict(values.get("torchserve_hosts") or {})),
+        ),
+        tfserving=TFServingOptions(
+            config_file=Path(values["model_config_file"]) if values.get("model_config_file") else None,
+            model_name=values.get("model_name"),
+            base_path=Path(values["model_base_path"]) if values.get("model_base_path") else None,
+            fs_poll_seconds=values["file_system_poll_wait_seconds"],
+            config_poll_seconds=values["model_config_file_poll_wait_seconds"],
+        ),
+        archives=ArchiveOptions(
+            model_store=Path(values["model_store"]) if values.get("model_store") else None,
+            models=tuple(models),
+            allow_custom_handlers=bool(values.get("allow_custom_handlers")),
+            allowed_url_hosts=tuple(hosts),
+            default_workers=values.get("default_workers_per_model"),
+            job_queue_size=values.get("job_queue_size") or DEFAULT_JOB_QUEUE_SIZE,
+            models_config=MappingProxyType(dict(values.get("ts_models_config") or {})),
+        ),
+    )

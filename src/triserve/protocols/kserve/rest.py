@@ -1,0 +1,312 @@
+"""KServe v2 / Triton HTTP front end, with Triton's binary tensor, classification,
+statistics, model configuration and model repository extensions."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from triserve import __version__, datatypes
+from triserve.core.dataplane import DataPlane
+from triserve.core.types import InferRequest, InferResponse, RequestedOutput
+from triserve.errors import Code, ServerError, invalid
+from triserve.options import ServerOptions
+from triserve.protocols.kserve import tensors
+from triserve.protocols.kserve.common import EXTENSIONS, class_count, index_rows, load_arguments, model_metadata, schedule_options
+from triserve.protocols.kserve.statistics import statistics_json
+from triserve.protocols.transport.compression import choose_encoding, compress, decompress
+from triserve.protocols.transport.http import HTTPFrontEnd, json_object, unless_disconnected
+from triserve.protocols.kserve.config_json import to_json
+
+log = logging.getLogger("triserve")
+
+HTTP_STATUS = {
+    Code.INVALID_ARG: 400,
+    Code.NOT_FOUND: 404,
+    Code.UNAVAILABLE: 503,
+    Code.INTERNAL: 500,
+    Code.UNSUPPORTED: 501,
+    Code.ALREADY_EXISTS: 400,
+}
+HEADER_LENGTH = "inference-header-content-length"
+
+
+def error_response(message: str, status: int) -> Response:
+    return Response(orjson.dumps({"error": message}), status, media_type="application/json")
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status, media_type="application/json")
+
+
+def _empty_ok() -> Response:
+    return Response(b"", 200, media_type="text/plain")
+
+
+class V2HTTP:
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    # -- health and metadata ------------------------------------------------------------
+    async def live(self, request: Request) -> Response:
+        return _empty_ok()
+
+    async def ready(self, request: Request) -> Response:
+        if self.dataplane.ready():
+            return _empty_ok()
+        return error_response("Server is not ready: not every model is ready", 503)
+
+    async def server_metadata(self, request: Request) -> Response:
+        return json_response({"name": "triserve", "version": __version__, "extensions": EXTENSIONS})
+
+    def _model(self, request: Request):
+        params = request.path_params
+        return self.dataplane.resolve(params["model"], str(params.get("version", "")))
+
+    async def model_ready(self, request: Request) -> Response:
+        self._model(request)  # raises 404 / 503 when not ready
+        return _empty_ok()
+
+    async def model_metadata(self, request: Request) -> Response:
+        return json_response(model_metadata(self.dataplane, self._model(request)))
+
+    async def model_config(self, request: Request) -> Response:
+        return json_response(to_json(self._model(request).config))
+
+    async def stats(self, request: Request) -> Response:
+        params = request.path_params
+        models = self.dataplane.stats_models(params.get("model", ""), str(params.get("version", "")))
+        return json_response({"model_stats": [statistics_json(m.stats) for m in models]})
+
+    # -- repository -------------------------------------------------------------------
+    async def repository_index(self, request: Request) -> Response:
+        body = await request.body()
+        ready_only = False
+        if body.strip():
+            data = json_object(body)
+            ready_only = bool(data.get("ready", False))
+        return json_response(index_rows(self.dataplane, ready_only))
+
+    async def repository_load(self, request: Request) -> Response:
+        body = await request.body()
+        parameters = _parameters(json_object(body), "the load request") if body.strip() else {}
+        config, files = load_arguments(parameters)
+        # over HTTP, `file:` contents travel base64-encoded (tritonclient.http encodes them)
+        files = {k: _base64(k, v) for k, v in files.items()}
+        await self.dataplane.load(request.path_params["model"], config, files)
+        return _empty_ok()
+
+    async def repository_unload(self, request: Request) -> Response:
+        body = await request.body()
+        parameters = _parameters(json_object(body), "the unload request") if body.strip() else {}
+        await self.dataplane.unload(
+            request.path_params["model"], bool(parameters.get("unload_dependents", False))
+        )
+        return _empty_ok()
+
+    # -- inference --------------------------------------------------------------------
+    async def infer(self, request: Request) -> Response:
+        body = await request.body()
+        body = decompress(body, request.headers.get("content-encoding"))
+        header, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
+        core_request, binary_outputs = decode_infer_request(header, binary)
+        model = self._model(request)
+        response = await unless_disconnected(request, self.dataplane.infer(model, core_request))
+        content, json_length = encode_infer_response(response, binary_outputs)
+        headers = {}
+        if json_length is not None:
+            headers["Inference-Header-Content-Length"] = str(json_length)
+            media_type = "application/octet-stream"
+        else:
+            media_type = "application/json"
+        encoding = choose_encoding(request.headers.get("accept-encoding"))
+        if encoding:
+            content = compress(content, encoding)
+            headers["Content-Encoding"] = encoding
+        return Response(content, 200, headers=headers, media_type=media_type)
+
+    def app(self) -> Starlette:
+        model = "/v2/models/{model}"
+        versioned = model + "/versions/{version:int}"
+        routes = [
+            Route("/v2/health/live", self.live),
+            Route("/v2/health/ready", self.ready),
+            Route("/v2", self.server_metadata),
+            Route("/v2/models/stats", self.stats),
+            Route("/v2/repository/index", self.repository_index, methods=["POST"]),
+            Route("/v2/repository/models/{model}/load", self.repository_load, methods=["POST"]),
+            Route("/v2/repository/models/{model}/unload", self.repository_unload, methods=["POST"]),
+        ]
+        for prefix in (model, versioned):
+            routes += [
+                Route(prefix, self.model_metadata),
+                Route(prefix + "/ready", self.model_ready),
+                Route(prefix + "/config", self.model_config),
+                Route(prefix + "/stats", self.stats),
+                Route(prefix + "/infer", self.infer, methods=["POST"]),
+            ]
+        return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
+
+
+def _base64(key: str, value: object) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)  # type: ignore[arg-type]
+    except (binascii.Error, TypeError, ValueError):
+        raise invalid(f"parameter '{key}' must be base64-encoded file content") from None
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    if header_length is None:
+        return body, memoryview(b"")
+    try:
+        length = int(header_length)
+    except ValueError:
+        length = -1
+    if length < 0 or length > len(body):
+        raise invalid(
+            f"Unable to parse Inference-Header-Content-Length: value {header_length!r} must be an integer"
+            f" between 0 and the body length {len(body)}"
+        )
+    view = memoryview(body)
+    return body[:length], view[length:]
+
+
+def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    params = obj.get("parameters", {})
+    if not isinstance(params, dict):
+        raise invalid(f"{where}: 'parameters' must be an object")
+    return params
+
+
+def decode_infer_request(header: bytes, binary: memoryview) -> tuple[InferRequest, dict[str, bool]]:
+    """The JSON header plus binary blobs to a core request; also which outputs go back binary."""
+    data = json_object(header)
+    inputs_json = data.get("inputs")
+    if not isinstance(inputs_json, list) or not inputs_json:
+        raise invalid("the request must have an 'inputs' array with at least one input")
+    inputs = {}
+    offset = 0
+    for item in inputs_json:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise invalid("each input must be an object with a 'name'")
+        name = item["name"]
+        if name in inputs:
+            raise invalid(f"input '{name}' is given twice")
+        datatype = item.get("datatype")
+        if not isinstance(datatype, str):
+            raise invalid(f"input '{name}': 'datatype' must be a string")
+        shape = tensors.check_shape(name, item.get("shape"))
+        params = _parameters(item, f"input '{name}'")
+        size = params.get("binary_data_size")
+        if size is not None and "data" in item:
+            raise invalid(
+                f"input '{name}': Input must set only one of the following fields: 'data', 'binary_data_size'"
+                " in 'parameters', 'shared_memory_region' in 'parameters'. But both are set"
+            )
+        if size is not None:
+            if not isinstance(size, int) or size < 0:
+                raise invalid(f"input '{name}': binary_data_size must be a non-negative integer")
+            if offset + size > len(binary):
+                raise invalid(
+                    f"input '{name}': binary_data_size {size} goes past the end of the binary data"
+                    f" ({len(binary) - offset} bytes left)"
+                )
+            inputs[name] = tensors.from_bytes(name, datatype, shape, binary[offset : offset + size])
+            offset += size
+        elif "data" in item:
+            inputs[name] = tensors.from_json(name, datatype, shape, item["data"])
+        else:
+            raise invalid(
+                f"input '{name}': Input must set only one of the following fields: 'data', 'binary_data_size'"
+                " in 'parameters', 'shared_memory_region' in 'parameters'. But no field is set"
+            )
+    if offset != len(binary):
+        raise invalid(f"the request has {len(binary) - offset} bytes of binary data that no input claims")
+    params = _parameters(data, "request")
+    default_binary = bool(params.get("binary_data_output", False))
+    outputs = None
+    binary_outputs: dict[str, bool] = {}
+    if "outputs" in data:
+        if not isinstance(data["outputs"], list):
+            raise invalid("'outputs' must be an array")
+        outputs = []
+        for item in data["outputs"]:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise invalid("each requested output must be an object with a 'name'")
+            out_params = _parameters(item, f"output '{item['name']}'")
+            outputs.append(RequestedOutput(item["name"], class_count(item["name"], out_params.get("classification", 0))))
+            binary_outputs[item["name"]] = bool(out_params.get("binary_data", default_binary))
+    binary_outputs[""] = default_binary  # for outputs not named in the request
+    request_id = data.get("id", "")
+    priority, timeout = schedule_options(params)
+    return (
+        InferRequest(
+            inputs=inputs,
+            outputs=outputs,
+            id=str(request_id) if request_id is not None else "",
+            priority=priority,
+            timeout_us=timeout,
+            parameters=params,
+        ),
+        binary_outputs,
+    )
+
+
+def encode_infer_response(response: InferResponse, binary_outputs: dict[str, bool]) -> tuple[bytes, int | None]:
+    """JSON header then blobs in output order; the header length is None when there are no blobs."""
+    outputs = []
+    blobs = []
+    for name, array in response.outputs.items():
+        entry: dict[str, Any] = {
+            "name": name,
+            "datatype": datatypes.from_numpy(array.dtype),
+            "shape": list(array.shape),
+        }
+        if binary_outputs.get(name, binary_outputs[""]):
+            blob = tensors.to_bytes(array)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = tensors.to_json(array)
+        outputs.append(entry)
+    result: dict[str, Any] = {}
+    if response.id:
+        result["id"] = response.id
+    result["model_name"] = response.model_name
+    result["model_version"] = response.model_version
+    result["outputs"] = outputs
+    header = orjson.dumps(result)
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)
+
+
+def frontend(dataplane: DataPlane, options: ServerOptions, port: int) -> HTTPFrontEnd:
+    return HTTPFrontEnd(V2HTTP(dataplane).app(), options.host, port)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServerError)
+    return error_response(exc.message, HTTP_STATUS[exc.code])
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.detail, exc.status_code)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s", request.url.path)
+    return error_response(f"internal error: {type(exc).__name__}: {exc}", 500)
+
+
+EXCEPTION_HANDLERS = {ServerError: _server_error, HTTPException: _http_error, Exception: _unexpected}

@@ -1,0 +1,1 @@
+"""TF Serving protocol: REST and gRPC (PredictionService, ModelService), servables, JSON and tensors."""

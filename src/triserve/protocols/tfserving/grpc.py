@@ -1,0 +1,133 @@
+"""TF Serving gRPC API (--tfserving-grpc-port, 8500): tensorflow.serving.PredictionService
+(Predict, GetModelMetadata) and tensorflow.serving.ModelService (GetModelStatus,
+HandleReloadConfigRequest), wire-compatible with the tensorflow-serving-api stubs.
+
+The messages are triserve's own compiled protos (protos/), which need no TensorFlow; the
+services are registered under TF Serving's names, so the method paths are the same.
+Classify, Regress and MultiInference are not served (UNIMPLEMENTED).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Awaitable, Callable
+
+import grpc
+from google.protobuf import any_pb2
+
+from triserve.core.dataplane import DataPlane
+from triserve.core.types import RequestedOutput
+from triserve.errors import ServerError, invalid
+from triserve.options import ServerOptions
+from triserve.protocols.tfserving import tensors as tfserving_tensors
+from triserve.protocols.transport.grpc import GRPCFrontEnd
+from triserve.protocols.tfserving.servables import Servables, check_signature, infer, signature_def_map, tf_code
+from triserve.protos import tensorflow_error_pb2 as tf_error
+from triserve.protos import tfserving_apis_pb2 as apis
+
+log = logging.getLogger("triserve")
+
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+MODEL_SERVICE = "tensorflow.serving.ModelService"
+# What clients unpack the metadata Any as: TF Serving's own message name, not our proto package's.
+SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
+_STATUS = {code.value[0]: code for code in grpc.StatusCode}  # TF error codes are gRPC's numbers
+
+
+def _version_choice(spec: apis.ModelSpec) -> tuple[int | None, str | None]:
+    choice = spec.WhichOneof("version_choice")
+    if choice == "version":
+        return spec.version.value, None
+    if choice == "version_label":
+        return None, spec.version_label
+    return None, None
+
+
+class TFServingGRPC:
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+        self.servables = Servables(dataplane)
+
+    # -- PredictionService --------------------------------------------------------------
+    async def predict(self, request: apis.PredictRequest, context) -> apis.PredictResponse:
+        spec = request.model_spec
+        model = self.servables.model(spec.name, *_version_choice(spec))
+        check_signature(spec.signature_name)
+        inputs = {name: tfserving_tensors.to_numpy(name, tensor) for name, tensor in request.inputs.items()}
+        outputs = [RequestedOutput(name) for name in request.output_filter] or None
+        result = await infer(self.dataplane, model, inputs, outputs)
+        response = apis.PredictResponse(model_spec=self.servables.model_spec(model))
+        for name, array in result.items():
+            response.outputs[name].CopyFrom(tfserving_tensors.from_numpy(array))
+        return response
+
+    async def get_model_metadata(
+        self, request: apis.GetModelMetadataRequest, context
+    ) -> apis.GetModelMetadataResponse:
+        if not request.metadata_field:
+            raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
+        for field in request.metadata_field:
+            if field != "signature_def":
+                raise invalid(f"Metadata field {field} is not supported")
+        spec = request.model_spec
+        model = self.servables.model(spec.name, *_version_choice(spec))
+        response = apis.GetModelMetadataResponse(model_spec=self.servables.model_spec(model, signature_name=""))
+        packed = any_pb2.Any(type_url=SIGNATURE_DEF_MAP_URL, value=signature_def_map(model).SerializeToString())
+        response.metadata["signature_def"].CopyFrom(packed)
+        return response
+
+    # -- ModelService -------------------------------------------------------------------
+    async def get_model_status(self, request: apis.GetModelStatusRequest, context) -> apis.GetModelStatusResponse:
+        spec = request.model_spec
+        return self.servables.status(spec.name, *_version_choice(spec))
+
+    async def reload_config(self, request: apis.ReloadConfigRequest, context) -> apis.ReloadConfigResponse:
+        """Replace the models.conf config whole: models it leaves out unload, new ones load, changed ones reload."""
+        await self.dataplane.reconfigure(request.config)
+        return apis.ReloadConfigResponse(status=apis.StatusProto(error_code=tf_error.OK))
+
+    # -- registration -------------------------------------------------------------------
+    def register(self, grpc_server: grpc.aio.Server) -> list[str]:
+        def unary(method: Callable[[Any, Any], Awaitable[Any]], request_type):
+            async def handler(request, context):
+                try:
+                    return await method(request, context)
+                except ServerError as e:
+                    code = tf_code(e)
+                    await context.abort(_STATUS.get(code, grpc.StatusCode.UNKNOWN), e.message)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as e:  # a clean INTERNAL, never a dropped call
+                    log.exception("unexpected error in a TF Serving gRPC call")
+                    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+
+            return grpc.unary_unary_rpc_method_handler(
+                handler, request_deserializer=request_type.FromString, response_serializer=lambda m: m.SerializeToString()
+            )
+
+        grpc_server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    PREDICTION_SERVICE,
+                    {
+                        "Predict": unary(self.predict, apis.PredictRequest),
+                        "GetModelMetadata": unary(self.get_model_metadata, apis.GetModelMetadataRequest),
+                    },
+                ),
+                grpc.method_handlers_generic_handler(
+                    MODEL_SERVICE,
+                    {
+                        "GetModelStatus": unary(self.get_model_status, apis.GetModelStatusRequest),
+                        "HandleReloadConfigRequest": unary(self.reload_config, apis.ReloadConfigRequest),
+                    },
+                ),
+            )
+        )
+        return [PREDICTION_SERVICE, MODEL_SERVICE]
+
+
+def frontend(dataplane: DataPlane, options: ServerOptions, port: int) -> GRPCFrontEnd:
+    servicer = TFServingGRPC(dataplane)
+    return GRPCFrontEnd(
+        servicer.register, options.host, port, ready=dataplane.ready, max_message_bytes=options.grpc.max_message_bytes
+    )

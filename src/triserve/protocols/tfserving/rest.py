@@ -1,0 +1,231 @@
+"""TF Serving REST API (--tfserving-rest-port, 8501): model status, metadata, :predict (row and
+columnar), :classify and :regress, and Prometheus metrics at /monitoring/prometheus/metrics.
+
+Paths are matched as TF Serving matches them (http_rest_api_handler.cc): case-insensitive
+regular expressions over the raw path, names and labels URL-decoded afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Iterator
+from urllib.parse import unquote
+
+import numpy as np
+from google.protobuf import json_format
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from triserve import datatypes
+from triserve.core.dataplane import DataPlane
+from triserve.core.model import Model
+from triserve.errors import ServerError, invalid
+from triserve.options import ServerOptions
+from triserve.protocols.transport.http import HTTPFrontEnd
+from triserve.protocols.tfserving import json_codec as tfjson
+from triserve.protocols.transport.compression import decompress
+from triserve.protocols.tfserving.servables import (
+    CLASSIFY_CLASSES,
+    CLASSIFY_INPUTS,
+    CLASSIFY_METHOD,
+    CLASSIFY_SCORES,
+    HTTP_STATUS,
+    REGRESS_METHOD,
+    REGRESS_OUTPUTS,
+    Servables,
+    check_signature,
+    infer,
+    method_name,
+    signature_def_map,
+    tf_code,
+)
+from triserve.protocols.transport.prometheus import CONTENT_TYPE, buckets, exposition
+
+log = logging.getLogger("triserve")
+
+_VERSION_OR_LABEL = r"(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
+POST_PATH = re.compile(r"/v1/models/([^/:]+)" + _VERSION_OR_LABEL + r":(classify|regress|predict)", re.IGNORECASE)
+GET_PATH = re.compile(r"/v1/models(?:/([^/:]+))?" + _VERSION_OR_LABEL + r"(?:/(metadata))?", re.IGNORECASE)
+METRICS_PATH = "/monitoring/prometheus/metrics"
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(tfjson.dumps(data), status, media_type="application/json")
+
+
+def error_response(message: str, status: int) -> Response:
+    return json_response({"error": message}, status)
+
+
+def _proto_json(message) -> dict[str, Any]:
+    """proto3 JSON as TF Serving prints it: field names as in the .proto, every field, int64 as strings."""
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+class TFServingREST:
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+        self.servables = Servables(dataplane)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(TFServingCollector(dataplane))
+
+    async def dispatch(self, request: Request) -> Response:
+        path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1").partition("?")[0]
+        method = request.method
+        try:
+            if path == METRICS_PATH and method == "GET":
+                return Response(exposition(self.registry, []), media_type=CONTENT_TYPE)
+            if not path.lower().startswith("/v1/"):
+                return error_response(f"Not found: {method} {path}", 404)
+            if method == "POST" and (m := POST_PATH.fullmatch(path)):
+                name, version, label, verb = m.groups()
+                return await self.post(request, unquote(name), _int(version), _label(label), verb.lower())
+            if method == "GET" and (m := GET_PATH.fullmatch(path)):
+                name, version, label, metadata = m.groups()
+                if name is None:
+                    raise invalid("Missing model name in request.")
+                if metadata:
+                    return self.metadata(unquote(name), _int(version), _label(label))
+                return json_response(_proto_json(self.servables.status(unquote(name), _int(version), _label(label))))
+            raise invalid(f"Malformed request: {method} {path}")
+        except ServerError as e:
+            return error_response(e.message, HTTP_STATUS[tf_code(e)])
+        except Exception as e:  # never a stack trace or a hung connection
+            log.exception("unexpected error on %s %s", method, path)
+            return error_response(f"internal error: {type(e).__name__}: {e}", 500)
+
+    def metadata(self, name: str, version: int | None, label: str | None) -> Response:
+        model = self.servables.model(name, version, label)
+        spec = _proto_json(self.servables.model_spec(model, signature_name=""))
+        # TF Serving nests the SignatureDefMap under "signature_def" twice; clients expect that.
+        return json_response({"model_spec": spec, "metadata": {"signature_def": _proto_json(signature_def_map(model))}})
+
+    async def post(self, request: Request, name: str, version: int | None, label: str | None, verb: str) -> Response:
+        body = decompress(await request.body(), request.headers.get("content-encoding"))
+        data = tfjson.parse(body)
+        signature_name = data.get("signature_name", "")
+        if not isinstance(signature_name, str):
+            raise invalid("JSON Value: not formatted correctly. 'signature_name' key must be a string value.")
+        model = self.servables.model(name, version, label)
+        check_signature(signature_name)
+        if verb == "predict":
+            return await self.predict(model, data)
+        return await self.classify_or_regress(model, data, verb)
+
+    async def predict(self, model: Model, data: dict[str, Any]) -> Response:
+        dtypes = {t.name: datatypes.numpy_of_config(t.data_type) for t in model.config.input}
+        required = {t.name for t in model.config.input if not t.optional}
+        if "instances" in data and "inputs" in data:
+            raise invalid("JSON Value: Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist")
+        if "instances" in data:
+            inputs = tfjson.instances_to_arrays(data["instances"], dtypes, required)
+        elif "inputs" in data:
+            inputs = tfjson.inputs_to_arrays(data["inputs"], dtypes, required)
+        else:
+            raise invalid("Missing 'inputs' or 'instances' key")
+        outputs = await infer(self.dataplane, model, inputs)
+        if "instances" in data:
+            return json_response(tfjson.predictions(outputs))
+        return json_response(tfjson.columnar(outputs))
+
+    async def classify_or_regress(self, model: Model, data: dict[str, Any], verb: str) -> Response:
+        """The signature takes serialized tf.Examples (`inputs`) and answers `classes`/`scores` or `outputs`."""
+        want = CLASSIFY_METHOD if verb == "classify" else REGRESS_METHOD
+        have = method_name(model)
+        if have != want:
+            kind = "classification" if verb == "classify" else "regression"
+            raise invalid(f"Expected {kind} signature method_name to be {want}. Was: {have}")
+        serialized = tfjson.examples(data, verb)
+        array = np.empty(len(serialized), dtype=np.object_)
+        array[:] = serialized
+        spec = model.inputs[CLASSIFY_INPUTS]
+        if model.max_batch_size == 0 and len(spec.dims) > 1:
+            array = array.reshape([len(serialized)] + [1] * (len(spec.dims) - 1))
+        elif model.max_batch_size > 0 and len(spec.dims) == 1:
+            array = array.reshape(len(serialized), 1)
+        outputs = await infer(self.dataplane, model, {CLASSIFY_INPUTS: array})
+        count = len(serialized)
+        if verb == "regress":
+            values = outputs[REGRESS_OUTPUTS].reshape(count, -1)
+            if values.shape[1] != 1:
+                raise invalid(f"Expected output Tensor shape to be [{count}] or [{count},1] but got {list(outputs[REGRESS_OUTPUTS].shape)}")
+            return json_response({"results": tfjson.value(values[:, 0].astype(np.float32), "results")})
+        classes = outputs.get(CLASSIFY_CLASSES)
+        scores = outputs.get(CLASSIFY_SCORES)
+        width = (classes if classes is not None else scores).reshape(count, -1).shape[1]
+        classes = classes.reshape(count, width) if classes is not None else None
+        scores = scores.reshape(count, width).astype(np.float32) if scores is not None else None
+        results = [
+            [
+                [
+                    _text(classes[i, j]) if classes is not None else "",
+                    tfjson.value(np.asarray(scores[i, j]), "") if scores is not None else np.float32(0),
+                ]
+                for j in range(width)
+            ]
+            for i in range(count)
+        ]
+        return json_response({"results": results})
+
+    def app(self) -> Starlette:
+        # One route for every path and method: dispatch() matches paths as TF Serving does.
+        methods = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+        return Starlette(routes=[Route("/{path:path}", self.dispatch, methods=methods)])
+
+
+def _text(item: object) -> str:
+    return item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
+
+
+def _int(version: str | None) -> int | None:
+    return None if version is None else int(version)
+
+
+def _label(label: str | None) -> str | None:
+    return None if label is None else unquote(label)
+
+
+class TFServingCollector(Collector):
+    """TF Serving's metric names, from the same per-model numbers the v2 statistics report."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    def collect(self) -> Iterator[Metric]:
+        stats = [m.stats for m in self.dataplane.models()]
+        name = ":tensorflow:serving:request_count"
+        count = Metric(name, "The total number of requests.", "counter")
+        totals: dict[str, list[int]] = {}
+        for s in stats:  # TF Serving counts per model, not per version
+            total = totals.setdefault(s.name, [0, 0])
+            total[0] += s.success.count
+            total[1] += s.fail.count
+        for model_name, (ok, failed) in totals.items():
+            count.add_sample(name, {"model_name": model_name, "status": "OK"}, ok)
+            count.add_sample(name, {"model_name": model_name, "status": "ERROR"}, failed)
+        yield count
+        latency = HistogramMetricFamily(
+            ":tensorflow:serving:request_latency",
+            "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
+            labels=["model_name", "version", "API"],
+        )
+        for s in stats:
+            latency.add_metric([s.name, str(s.version), "predict"], buckets(s.request_histogram), s.request_histogram.sum_us)
+        yield latency
+        name = ":tensorflow:core:graph_runs"
+        runs = Metric(name, "The number of graph executions used to collect /tensorflow/core/graph_run_time_usecs", "counter")
+        for s in stats:
+            runs.add_sample(name, {"model_name": s.name, "version": str(s.version)}, s.execution_count)
+        yield runs
+
+
+def frontend(dataplane: DataPlane, options: ServerOptions, port: int) -> HTTPFrontEnd:
+    return HTTPFrontEnd(TFServingREST(dataplane).app(), options.host, port)

@@ -1,0 +1,1 @@
+"""TorchServe protocol: inference, management and metrics APIs, token authorization, request forms."""
