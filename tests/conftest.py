@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import socket
@@ -17,6 +18,14 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 ESPRESSO = 967
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long", action="store_true",
+                     help="fuzz with thousands of examples per API instead of a few hundred (tests/hostile/test_fuzz.py)")
+    parser.addoption("--soak-seconds", type=float, default=120.0,
+                     help="how long the soak test drives the server (tests/hostile/test_soak.py; default 120,"
+                          " the manual run: 7200)")
 
 
 def free_port() -> int:
@@ -148,3 +157,11 @@ def tfserving_server(start_server, example_repo, tfserving_conf, tmp_path_factor
 def anyio_backend() -> str:
     """In-process tests (`@pytest.mark.anyio`) run on asyncio, as the server does."""
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def frozen_heap() -> None:
+    """Leave what exists before each test (imported frameworks, session fixtures) out of garbage
+    collection: every model unload runs gc.collect(), which otherwise scans all of torch's and
+    TensorFlow's objects, a fifth of a second each time in this process."""
+    gc.freeze()

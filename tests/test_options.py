@@ -43,6 +43,22 @@ def test_repeated_and_comma_separated_values():
     assert chosen.archives.allowed_url_hosts == ("example.com", "mirror:8080", "other")
 
 
+def test_http_limits_and_logging():
+    defaults = options().http
+    assert (defaults.max_input_size, defaults.max_headers, defaults.max_header_size) == (64 * 1024 * 1024, 100, 65536)
+    assert (defaults.header_timeout, defaults.max_connections, defaults.access_log) == (30.0, 1000, True)
+    assert options().log_format == "text"
+    chosen = options("--http-max-input-size", "1024", "--http-max-headers", "20", "--http-max-header-size", "8192",
+                     "--http-header-timeout", "2.5", "--http-max-connections", "50", "--no-access-log",
+                     "--log-format", "json")
+    assert (chosen.http.max_input_size, chosen.http.max_headers, chosen.http.max_header_size) == (1024, 20, 8192)
+    assert (chosen.http.header_timeout, chosen.http.max_connections, chosen.http.access_log) == (2.5, 50, False)
+    assert chosen.log_format == "json"
+    for flag in ("--http-max-input-size", "--http-header-timeout", "--http-max-connections"):
+        with pytest.raises(SystemExit):
+            options(flag, "0")
+
+
 def test_tf_serving_options():
     chosen = options("--model-base-path", "/models/m", "--model-name", "m", "--file-system-poll-wait-seconds", "0.5")
     assert chosen.tfserving.enabled

@@ -66,6 +66,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="triserve", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -85,13 +95,18 @@ def parser() -> argparse.ArgumentParser:
     tf.add_argument("--model-config-file-poll-wait-seconds", type=float, default=0.0, metavar="SECONDS",
                     help="how often --model-config-file is read again (default 0: only at start)")
     s.add_argument("--host", default="127.0.0.1", help="address every front end binds (default 127.0.0.1)")
+    from triserve.options import DEFAULT_GRPC_MAX_BYTES_ELEMENTS
     from triserve.options import DEFAULT_GRPC_MAX_MESSAGE_BYTES, DEFAULT_JOB_QUEUE_SIZE, DEFAULT_MAX_REQUEST_SIZE, FRONTENDS
+    from triserve.options import DEFAULT_MAX_ARCHIVE_RATIO, DEFAULT_MAX_ARCHIVE_SIZE
 
     for name, (port, title) in FRONTENDS.items():
         s.add_argument(f"--{name.replace('_', '-')}-port", type=int, default=port, metavar="PORT",
                        help=f"{title} port (default {port}; 0 switches it off)")
     s.add_argument("--grpc-max-message-bytes", type=_positive_int, default=DEFAULT_GRPC_MAX_MESSAGE_BYTES, metavar="BYTES",
                    help="largest gRPC request or response (default 64 MiB); larger gets RESOURCE_EXHAUSTED")
+    s.add_argument("--grpc-max-bytes-elements", type=_positive_int, default=DEFAULT_GRPC_MAX_BYTES_ELEMENTS,
+                   metavar="COUNT", help="most BYTES (string) tensor elements in one gRPC request, over all its"
+                                         " inputs (default 1048576); more gets INVALID_ARGUMENT")
     s.add_argument("--model-control-mode", default="none", choices=["none", "poll", "explicit"],
                    help="none: load everything at start; poll: also follow repository changes; "
                         "explicit: only what --load-model or the repository API asks")
@@ -104,6 +119,26 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--strict-readiness", type=_bool, default=True, metavar="BOOL",
                    help="/v2/health/ready only when every model is ready (default true)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--log-format", default="text", choices=["text", "json"],
+                   help="text lines, or one JSON object per line (default text)")
+    s.add_argument("--no-access-log", action="store_true",
+                   help="no access line per HTTP request (default: one at --log-level info)")
+    from triserve.options import DEFAULT_HTTP_MAX_INPUT_SIZE, HTTPOptions
+
+    s.add_argument("--http-max-input-size", type=_positive_int, default=DEFAULT_HTTP_MAX_INPUT_SIZE, metavar="BYTES",
+                   help="largest v2 HTTP and TF Serving REST request body, also once decompressed (default 67108864,"
+                        " 64 MiB, as Triton); larger gets 400")
+    s.add_argument("--http-max-headers", type=_positive_int, default=HTTPOptions.max_headers, metavar="N",
+                   help=f"most header fields in one HTTP request (default {HTTPOptions.max_headers}); more gets 431")
+    s.add_argument("--http-max-header-size", type=_positive_int, default=HTTPOptions.max_header_size, metavar="BYTES",
+                   help=f"largest HTTP request line and headers together (default {HTTPOptions.max_header_size});"
+                        " larger gets 431")
+    s.add_argument("--http-header-timeout", type=_positive_float, default=HTTPOptions.header_timeout, metavar="SECONDS",
+                   help=f"an HTTP connection whose request headers take longer is closed (default"
+                        f" {HTTPOptions.header_timeout:g})")
+    s.add_argument("--http-max-connections", type=_positive_int, default=HTTPOptions.max_connections, metavar="N",
+                   help=f"open connections per HTTP front end; requests on more get 503 (default"
+                        f" {HTTPOptions.max_connections})")
     ts = s.add_argument_group("TorchServe model archives (.mar) and API")
     ts.add_argument("--model-store", metavar="DIR", help="folder of model archives (read only)")
     ts.add_argument("--models", action="extend", nargs="+", default=[], metavar="NAME=FILE.mar",
@@ -123,6 +158,12 @@ def parser() -> argparse.ArgumentParser:
                     help="queued requests per model before 503 (default 100)")
     ts.add_argument("--max-request-size", type=int, default=DEFAULT_MAX_REQUEST_SIZE, metavar="BYTES",
                     help="largest TorchServe request body (default 6553500)")
+    ts.add_argument("--max-archive-size", type=_positive_int, default=DEFAULT_MAX_ARCHIVE_SIZE, metavar="BYTES",
+                    help="largest model archive, its files uncompressed, and largest archive download"
+                         " (default 4294967296, 4 GiB); larger archives are refused before anything is written")
+    ts.add_argument("--max-archive-ratio", type=_positive_float, default=DEFAULT_MAX_ARCHIVE_RATIO, metavar="N",
+                    help="largest compression ratio (uncompressed / compressed size) of an archive and of each"
+                         " entry over 1 MiB (default 200); higher is refused as a decompression bomb")
     ts.add_argument("--enable-token-auth", action="store_true",
                     help="require TorchServe bearer tokens (written to --token-key-file); default off")
     ts.add_argument("--token-key-file", default="key_file.json", metavar="FILE",

@@ -26,8 +26,12 @@ FRONTENDS: dict[str, tuple[int, str]] = {
 DEFAULT_PORTS = MappingProxyType({name: port for name, (port, _) in FRONTENDS.items()})
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_GRPC_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # gRPC's own 4 MiB is below a batch of 8 images
+DEFAULT_GRPC_MAX_BYTES_ELEMENTS = 1 << 20  # BYTES elements in one gRPC request (each a Python object)
 DEFAULT_MAX_REQUEST_SIZE = 6553500  # TorchServe's max_request_size
 DEFAULT_JOB_QUEUE_SIZE = 100  # TorchServe's job_queue_size
+DEFAULT_HTTP_MAX_INPUT_SIZE = 64 * 1024 * 1024  # Triton's --http-max-input-size
+DEFAULT_MAX_ARCHIVE_SIZE = 4 * 1024**3  # one archive's files, uncompressed
+DEFAULT_MAX_ARCHIVE_RATIO = 200  # uncompressed / compressed, per entry and per archive
 
 
 @dataclass(frozen=True)
@@ -36,8 +40,21 @@ class KServeOptions:
 
 
 @dataclass(frozen=True)
+class HTTPOptions:
+    """Every HTTP front end: what one connection and one request may send."""
+
+    max_input_size: int = DEFAULT_HTTP_MAX_INPUT_SIZE  # v2 and TF Serving REST bodies, also once inflated
+    max_headers: int = 100  # header fields in one request
+    max_header_size: int = 64 * 1024  # request line and header fields together, in bytes
+    header_timeout: float = 30.0  # seconds from a request's first byte (or the connection) to its last header
+    max_connections: int = 1000  # open connections per front end; requests on more get 503
+    access_log: bool = True  # one info line per request on the logger triserve.access
+
+
+@dataclass(frozen=True)
 class GRPCOptions:
     max_message_bytes: int = DEFAULT_GRPC_MAX_MESSAGE_BYTES
+    max_bytes_elements: int = DEFAULT_GRPC_MAX_BYTES_ELEMENTS
 
 
 @dataclass(frozen=True)
@@ -74,6 +91,8 @@ class ArchiveOptions:
     allowed_url_hosts: tuple[str, ...] = ()
     default_workers: int | None = None  # None: the core's default
     job_queue_size: int = DEFAULT_JOB_QUEUE_SIZE
+    max_archive_size: int = DEFAULT_MAX_ARCHIVE_SIZE  # also the largest download
+    max_archive_ratio: float = DEFAULT_MAX_ARCHIVE_RATIO
     # config.properties `models`: name -> version -> settings
     models_config: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -92,6 +111,8 @@ class ServerOptions:
     repository_poll_secs: float = 15.0
     exit_on_error: bool = False
     log_level: str = "info"
+    log_format: str = "text"  # text, or json: one JSON object per line
+    http: HTTPOptions = HTTPOptions()
     kserve: KServeOptions = KServeOptions()
     grpc: GRPCOptions = GRPCOptions()
     torchserve: TorchServeOptions = TorchServeOptions()
@@ -121,8 +142,20 @@ def from_args(args: argparse.Namespace) -> ServerOptions:
         repository_poll_secs=values["repository_poll_secs"],
         exit_on_error=values["exit_on_error"],
         log_level=values["log_level"],
+        log_format=values.get("log_format") or "text",
+        http=HTTPOptions(
+            max_input_size=values.get("http_max_input_size") or DEFAULT_HTTP_MAX_INPUT_SIZE,
+            max_headers=values.get("http_max_headers") or HTTPOptions.max_headers,
+            max_header_size=values.get("http_max_header_size") or HTTPOptions.max_header_size,
+            header_timeout=values.get("http_header_timeout") or HTTPOptions.header_timeout,
+            max_connections=values.get("http_max_connections") or HTTPOptions.max_connections,
+            access_log=not values.get("no_access_log"),
+        ),
         kserve=KServeOptions(strict_readiness=values["strict_readiness"]),
-        grpc=GRPCOptions(max_message_bytes=values["grpc_max_message_bytes"]),
+        grpc=GRPCOptions(
+            max_message_bytes=values["grpc_max_message_bytes"],
+            max_bytes_elements=values.get("grpc_max_bytes_elements") or DEFAULT_GRPC_MAX_BYTES_ELEMENTS,
+        ),
         torchserve=TorchServeOptions(
             enable_model_api=bool(values.get("enable_model_api")),
             max_request_size=values.get("max_request_size") or DEFAULT_MAX_REQUEST_SIZE,
@@ -145,6 +178,8 @@ def from_args(args: argparse.Namespace) -> ServerOptions:
             allowed_url_hosts=tuple(hosts),
             default_workers=values.get("default_workers_per_model"),
             job_queue_size=values.get("job_queue_size") or DEFAULT_JOB_QUEUE_SIZE,
+            max_archive_size=values.get("max_archive_size") or DEFAULT_MAX_ARCHIVE_SIZE,
+            max_archive_ratio=values.get("max_archive_ratio") or DEFAULT_MAX_ARCHIVE_RATIO,
             models_config=MappingProxyType(dict(values.get("ts_models_config") or {})),
         ),
     )

@@ -129,10 +129,9 @@ class Server:
 
 
 def serve(options: ServerOptions) -> int:
-    logging.basicConfig(
-        level=options.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from triserve import logs
+
+    logs.configure(options.log_level, options.log_format)
     import uvloop
 
     from triserve.core.memory import limit_arenas

@@ -246,11 +246,16 @@ async def test_split_leaves_a_batch_that_fits_whole(tmp_path):
 
 async def test_predict_runs_rows_through_the_tensor_processor_in_order(tmp_path):
     async with triton_dataplane(tiny_repository(tmp_path)) as dataplane:
-        doubler = dataplane.resolve("doubler")  # max_batch_size 4 (auto-completed): 6 rows run as 4 + 2
-        rows = [{"body": f"[{i}, {i + 1}, {i + 2}]".encode()} for i in range(6)]
-        answers = await dataplane.predict(doubler, rows)
+        doubler = dataplane.resolve("doubler")  # max_batch_size 4 (auto-completed): 4 rows are one request
+        rows = [{"body": f"[{i}, {i + 1}, {i + 2}]".encode()} for i in range(5)]
+        answers = await dataplane.predict(doubler, rows[:4])
         assert all(isinstance(a, Reply) for a in answers)
-        assert [a.value for a in answers] == [{"y": [2.0 * i, 2.0 * i + 2, 2.0 * i + 4]} for i in range(6)]
+        assert [a.value for a in answers] == [{"y": [2.0 * i, 2.0 * i + 2, 2.0 * i + 4]} for i in range(4)]
+        assert (doubler.stats.inference_count, doubler.stats.execution_count) == (4, 1)
+        with pytest.raises(ServerError) as e:
+            await dataplane.predict(doubler, rows)  # more rows than the batch size: refused, nothing queued
+        assert e.value.code == Code.INVALID_ARG and "5 rows" in e.value.message and "(4)" in e.value.message
+        assert doubler.stats.inference_count == 4
         simple = dataplane.resolve("simple")
         (answer,) = await dataplane.predict(simple, [{"data": {"INPUT0": list(range(16)), "INPUT1": [1] * 16}}])
         assert answer.value == {"OUTPUT0": list(range(1, 17)), "OUTPUT1": list(range(-1, 15))}
@@ -469,3 +474,14 @@ async def test_registering_without_a_registry_is_refused(tmp_path):
         with pytest.raises(ServerError) as e:
             await dataplane.register("doubler", "twice", {})
         assert "--model-store" in e.value.message
+
+
+@pytest.mark.anyio
+async def test_scaling_beyond_the_instance_cap_is_refused_and_the_model_keeps_serving(tmp_path):
+    from triserve.core.instances import MAX_INSTANCES
+
+    async with triton_dataplane(tiny_repository(tmp_path)) as dataplane:
+        with pytest.raises(ServerError) as refused:
+            await dataplane.scale("simple", 1_000_000_000)
+        assert refused.value.code == Code.INVALID_ARG and f"at most {MAX_INSTANCES}" in refused.value.message
+        assert dataplane.resolve("simple").instance_count == 1  # the old instances still serve

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.inprocess import doubler_onnx, tiny_repository, triton_dataplane
+from triserve.core.model import element_count
 from triserve.core.types import InferRequest, RequestedOutput
 from triserve.errors import Code, ServerError
 
@@ -131,3 +132,58 @@ async def test_a_model_without_batching_takes_exactly_its_dims(dataplane):
     response = await unbatched.infer(InferRequest({"x": x}))
     np.testing.assert_array_equal(response.outputs["y"], 2 * x)
     assert "Expected [2,3], got [1,2,3]" in refused(unbatched, InferRequest({"x": x[None]}))
+
+
+async def test_duplicate_requested_outputs_are_refused_as_in_triton(dataplane):
+    inputs = {"INPUT0": ints(1, 16), "INPUT1": ints(1, 16)}
+    request = InferRequest(inputs, [RequestedOutput("OUTPUT1"), RequestedOutput("OUTPUT1")], id="9")
+    assert refused(dataplane.resolve("simple"), request) == "[request id: 9] output 'OUTPUT1' already exists in request"
+
+
+async def test_inputs_are_checked_by_datatype_and_shape_before_any_array_exists(dataplane):
+    simple = dataplane.resolve("simple")
+    assert simple.check_inputs({"INPUT0": ("INT32", [3, 16]), "INPUT1": ("INT32", [3, 16])}) == 3
+    with pytest.raises(ServerError) as e:
+        simple.check_inputs({"INPUT0": ("BYTES", [1, 16]), "INPUT1": ("INT32", [1, 16])}, "7")
+    assert e.value.message == "[request id: 7] inference input 'INPUT0' data-type is 'BYTES', but model 'simple' expects 'INT32'"
+    with pytest.raises(ServerError) as e:
+        simple.check_inputs({"INPUT0": ("FP33", [1, 16]), "INPUT1": ("INT32", [1, 16])})
+    assert "input 'INPUT0': unknown datatype 'FP33'" in e.value.message
+
+
+async def test_a_batch_the_data_plane_splits_may_exceed_max_batch_size(dataplane):
+    simple = dataplane.resolve("simple")
+    big = {"INPUT0": ("INT32", [20, 16]), "INPUT1": ("INT32", [20, 16])}
+    assert simple.check_inputs(big, split=True) == 20
+    with pytest.raises(ServerError):
+        simple.check_inputs(big)
+
+
+async def test_arrays_without_a_v2_datatype_are_refused_by_name(dataplane):
+    request = InferRequest({"INPUT0": np.zeros((1, 16), np.complex64), "INPUT1": ints(1, 16)})
+    assert "unknown datatype 'complex64'" in refused(dataplane.resolve("simple"), request)
+
+
+def test_element_count():
+    assert element_count("x", "FP32", [2, 3, 4]) == 24
+    assert element_count("x", "FP32", [0, 5]) == 0
+    assert element_count("x", "FP32", []) == 1  # a scalar
+
+
+@pytest.mark.parametrize(
+    "shape, datatype, words",
+    [
+        ([0, 2**63], "FP32", "shape [0,9223372036854775808] causes total element count to exceed maximum size of 9223372036854775807"),
+        ([0, 2**62, 2**62], "INT8", "causes total element count to exceed maximum size of 9223372036854775807"),
+        ([2**62] * 100_000, "INT8", "causes total element count to exceed"),  # stops at the second dimension
+        ([2, 2**61], "FP32", "byte size overflow for input 'x': element count (4611686018427387904) * data type size (4)"),
+        ([2**61, 2], "BYTES", "byte size overflow for input 'x'"),  # object arrays hold 8-byte pointers
+        ([3, -1], "FP32", "invalid shape for input 'x': shape [3,-1] contains one or more invalid dimensions"),
+    ],
+    ids=["beyond int64", "zero beside huge", "long shape", "byte size", "BYTES byte size", "negative"],
+)
+def test_shapes_no_array_can_hold_are_refused_with_tritons_words(shape, datatype, words):
+    with pytest.raises(ServerError) as e:
+        element_count("x", datatype, shape)
+    assert e.value.code == Code.INVALID_ARG
+    assert words in e.value.message

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
 
+from tests.protocols.torchserve.support import tar_bomb, zip_bomb
 from tests.torchserve_archives import (
     escape_to,
     manifest,
@@ -15,11 +19,12 @@ from tests.torchserve_archives import (
     torch_model_archiver,
     zip_archive,
 )
+from triserve.cli import parser
 from triserve.core import processors
-from triserve.errors import ServerError
-from triserve.options import ArchiveOptions
+from triserve.errors import Code, ServerError
+from triserve.options import ArchiveOptions, from_args
 from triserve.repository.mar import MarCatalog
-from triserve.repository.mar_extract import Archive
+from triserve.repository.mar_extract import Archive, Limits
 from triserve.repository.mar_fetch import download, in_store
 from triserve.ts_config import apply, parse_properties
 
@@ -75,13 +80,15 @@ def test_catalog_describes_an_onnx_archive(tmp_path, inputs):
     assert e.value.message == "Model version: 9.9 does not exist for model: fish"
 
 
-def _refused(path: Path, words: str, tmp_path: Path) -> None:
+def _refused(path: Path, words: str, tmp_path: Path, limits: Limits = Limits()) -> str:
+    """The message refusing `path`, which left nothing behind."""
     out = tmp_path / "extracted"
     with pytest.raises(ServerError) as e:
-        with Archive(path) as archive:
+        with Archive(path, limits) as archive:
             archive.extract(out)
-    assert words in e.value.message
+    assert e.value.code == Code.INVALID_ARG and words in e.value.message, e.value.message
     assert not out.exists()
+    return e.value.message
 
 
 @pytest.mark.parametrize("writer", [zip_archive, tar_archive])
@@ -170,3 +177,141 @@ def test_config_properties(tmp_path):
     assert extra["ts_models_config"] == {"a": {"1.0": {"batchSize": 8, "maxBatchDelay": 50}}}
     store_options = ArchiveOptions(models_config=extra["ts_models_config"])
     assert store_options.models_config["a"]["1.0"]["batchSize"] == 8
+
+
+# -- decompression bombs and sizes -----------------------------------------------------------
+GOOD = {"MAR-INF/MANIFEST.json": manifest("m", serializedFile="model.onnx")}
+MiB = 1024**2
+
+
+def _bomb(writer, path: Path, size: int) -> Path:
+    return writer(path, size, **GOOD)
+
+
+@pytest.mark.parametrize("writer, suffix", [(zip_bomb, ".mar"), (tar_bomb, ".tar.gz")])
+def test_an_archive_expanding_more_than_the_ratio_is_refused_from_its_listing(tmp_path, writer, suffix):
+    path = _bomb(writer, tmp_path / f"bomb{suffix}", 8 * MiB)  # zeros: about 229 times smaller
+    _refused(path, "--max-archive-ratio", tmp_path)
+    with Archive(path, Limits(max_ratio=1000)) as archive:  # the operator's higher ratio lets it through
+        archive.extract(tmp_path / "allowed")
+    assert (tmp_path / "allowed" / "model.onnx").stat().st_size == 8 * MiB
+
+
+def test_small_entries_are_not_held_to_the_ratio(tmp_path):
+    path = _bomb(zip_bomb, tmp_path / "small.mar", MiB - 1024)  # below RATIO_FLOOR: too small to be a bomb
+    with Archive(path) as archive:
+        archive.extract(tmp_path / "out")
+    assert (tmp_path / "out" / "model.onnx").stat().st_size == MiB - 1024
+
+
+def test_many_small_entries_are_held_to_the_ratio_together(tmp_path):
+    entries = {**GOOD, **{f"part{i}.bin": bytes(MiB // 2) for i in range(8)}}  # each below the floor
+    path = tmp_path / "many.mar"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=2) as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    _refused(path, "its ", tmp_path)
+    assert "--max-archive-ratio" in _refused(path, "expand", tmp_path)
+
+
+@pytest.mark.parametrize("writer, suffix", [(zip_bomb, ".mar"), (tar_bomb, ".tar.gz")])
+def test_an_archive_over_the_size_limit_is_refused_before_anything_is_written(tmp_path, writer, suffix):
+    path = _bomb(writer, tmp_path / f"big{suffix}", 2 * MiB)
+    message = _refused(path, "--max-archive-size", tmp_path, Limits(max_bytes=MiB, max_ratio=10**6))
+    assert "'model.onnx'" in message or "bomb/model.onnx" in message  # the entry is named
+    with Archive(path, Limits(max_bytes=3 * MiB, max_ratio=10**6)) as archive:
+        assert "model.onnx" in archive.files
+
+
+def test_a_tar_member_over_a_limit_is_refused_before_its_content_is_read(tmp_path, monkeypatch):
+    path = _bomb(tar_bomb, tmp_path / "bomb.tar.gz", 64 * MiB)
+    decompressed = []  # how far each opened tar's gzip stream was read when it closed
+    close = tarfile.TarFile.close
+
+    def recording_close(self: tarfile.TarFile) -> None:
+        if not self.closed:
+            decompressed.append(self.fileobj.tell())
+        close(self)
+
+    monkeypatch.setattr(tarfile.TarFile, "close", recording_close)
+    _refused(path, "--max-archive-ratio", tmp_path)
+    assert decompressed and max(decompressed) < MiB  # stopped at the member's header, not 64 MiB further
+
+
+def test_a_lying_zip_entry_cannot_write_more_than_it_declares(tmp_path):
+    path = tmp_path / "liar.mar"
+    zip_archive(path, {**GOOD, "model.onnx": bytes(3 * MiB)})
+    data = bytearray(path.read_bytes())
+    # Declare 1 MiB in the central directory: reading stops there (and the CRC check fails).
+    central = data.rindex(b"PK\x01\x02")
+    data[central + 24:central + 28] = (MiB).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    message = _refused(path, "could not be extracted", tmp_path)
+    assert str(tmp_path) not in message
+
+
+@pytest.mark.parametrize("name, words", [
+    ("a" * 256 + ".onnx", "longer than 255 bytes"),
+    ("/".join(["d" * 200] * 6) + "/x", "longer than 1024 bytes"),
+])
+@pytest.mark.parametrize("writer", [zip_archive, tar_archive])
+def test_entry_names_the_file_system_cannot_take_are_refused(tmp_path, writer, name, words):
+    suffix = ".mar" if writer is zip_archive else ".tar.gz"
+    path = writer(tmp_path / f"names{suffix}", {**GOOD, "model.onnx": MODEL, name: b"x"})
+    message = _refused(path, words, tmp_path)
+    assert len(message) < 400  # a long name is cut, not echoed whole
+
+
+def test_hard_links_in_a_tar_are_refused(tmp_path):
+    path = tmp_path / "hard.tar.gz"
+    with tarfile.open(path, "w:gz") as t:
+        for name, data in GOOD.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("model.onnx")
+        info.type = tarfile.LNKTYPE
+        info.linkname = "/etc/passwd"
+        t.addfile(info)
+    _refused(path, "is a link", tmp_path)
+
+
+def test_the_catalog_applies_the_operator_limits_at_registration_and_startup(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    _bomb(zip_bomb, store / "bomb.mar", 8 * MiB)
+    catalog = MarCatalog(store, ArchiveOptions(model_store=store))
+    with pytest.raises(ServerError) as e:
+        catalog.prepare("bomb.mar", None, {})
+    assert e.value.code == Code.INVALID_ARG and "--max-archive-ratio" in e.value.message
+    assert list(catalog._root.iterdir()) == []  # nothing extracted, not even an empty folder
+    catalog.add_startup("bomb.mar")  # at startup: the model is known and fails to load with the reason
+    with pytest.raises(ServerError) as e:
+        catalog.read("bomb")  # named after its file: its manifest was never read
+    assert "--max-archive-ratio" in e.value.message
+    assert list(catalog._root.iterdir()) == []
+    relaxed = MarCatalog(store, ArchiveOptions(model_store=store, max_archive_ratio=1000))
+    assert relaxed.prepare("bomb.mar", None, {}).name == "m"
+    small = MarCatalog(store, ArchiveOptions(model_store=store, max_archive_size=MiB, max_archive_ratio=1000))
+    with pytest.raises(ServerError) as e:
+        small.prepare("bomb.mar", None, {})
+    assert "--max-archive-size" in e.value.message
+
+
+def test_archive_limits_come_from_the_command_line():
+    args = parser().parse_args(["serve", "--max-archive-size", "1000", "--max-archive-ratio", "50.5"])
+    assert (from_args(args).archives.max_archive_size, from_args(args).archives.max_archive_ratio) == (1000, 50.5)
+    defaults = from_args(parser().parse_args(["serve"])).archives
+    assert (defaults.max_archive_size, defaults.max_archive_ratio) == (4 * 1024**3, 200)
+    for flag, value in (("--max-archive-size", "0"), ("--max-archive-ratio", "-1"), ("--max-archive-ratio", "inf")):
+        with pytest.raises(SystemExit):
+            parser().parse_args(["serve", flag, value])
+
+
+def test_long_or_odd_registration_names_are_refused_plainly(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    with pytest.raises(ServerError) as e:
+        in_store(store, "a" * 300 + ".mar")
+    assert e.value.code == Code.INVALID_ARG and "longer than 255 bytes" in e.value.message
+    assert str(store) not in e.value.message

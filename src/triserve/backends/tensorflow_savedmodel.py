@@ -253,14 +253,26 @@ class SavedModel:
         feed = {self.input_keys[name]: tf.constant(array) for name, array in inputs.items()}
         try:
             result: dict[str, Any] = self.function(**feed)
-        except Exception as e:  # TF's OpError (bad values), TypeError (missing inputs), ...
+        except tf.errors.InvalidArgumentError as e:  # the values are wrong (as TF Serving: 400)
+            raise invalid(f"tensorflow refused the input: {_cause(e.message)}") from None
+        except Exception as e:  # TF's other OpErrors, TypeError (missing inputs), ...
             message = (e.message if isinstance(e, tf.errors.OpError) else str(e)).strip() or type(e).__name__
-            raise internal(f"tensorflow failed: {message.splitlines()[0]}") from None
+            raise internal(f"tensorflow failed: {_cause(message)}") from None
         return {name: result[self.output_keys[name]].numpy() for name in outputs}
 
     def close(self) -> None:
         self.function = None
         _release(self._key)
+
+
+def _cause(message: str) -> str:
+    """The line of a TensorFlow error that says what went wrong: a tf.function error starts with
+    "Graph execution error:" and a traceback of graph nodes before the cause."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if not line.startswith(("File ", "Node:", "[[", "Detected at node", "Graph execution error", "Stack trace")) and ":" in line:
+            return line.split("[[", 1)[0].strip()
+    return lines[0] if lines else "unknown error"
 
 
 def load(config: mc.ModelConfig, model_file: Path, settings: InstanceSettings) -> SavedModel:

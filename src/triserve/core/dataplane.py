@@ -66,6 +66,11 @@ def batches(size: int, limit: int) -> list[slice]:
     return [slice(i, min(i + limit, size)) for i in range(0, size, limit)]
 
 
+def max_rows(model: Model) -> int:
+    """The most request rows one predict takes: the batch size (1 for a model that does not batch)."""
+    return max(model.max_batch_size, 1)
+
+
 class DataPlane:
     def __init__(
         self,
@@ -366,18 +371,16 @@ class DataPlane:
         return _joined(model, request, pending)
 
     async def predict(self, model: Model, rows: list[Row]) -> list[Reply]:
-        """Request rows through the model's processor (JSON tensors for models without one):
-        one answer per row, in order; rows beyond the batch size run as several requests."""
+        """Request rows through the model's processor (JSON tensors for models without one) as
+        one request (one job): one answer per row, in order; at most max_rows(model) rows."""
+        if len(rows) > max_rows(model):
+            raise invalid(f"too many rows: the request has {len(rows)} rows, more than the batch size of model"
+                          f" '{model.name}' ({max_rows(model)})")
         processor = model.processor or processors.tensors()
-        parts = batches(len(rows), model.max_batch_size or 1)
-        answers = await asyncio.gather(*(self._predict(model, processor, rows[part]) for part in parts))
-        return [a if isinstance(a, Reply) else Reply(a) for part in answers for a in part]
-
-    async def _predict(self, model: Model, processor: processors.Processor, rows: list[Row]) -> list[Any]:
-        loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()  # preprocessing (image decoding) runs off the event loop
         inputs = await loop.run_in_executor(None, functools.partial(processor.preprocess, model, rows))
         response = await model.infer(InferRequest(inputs))
-        return processor.postprocess(model, response.outputs)
+        return [a if isinstance(a, Reply) else Reply(a) for a in processor.postprocess(model, response.outputs)]
 
 
 async def _joined(model: Model, request: InferRequest, pending: list[Awaitable[InferResponse]]) -> InferResponse:

@@ -11,8 +11,10 @@ from __future__ import annotations
 from tritonclient.grpc import model_config_pb2 as mc
 
 from triserve.backends import InstanceSettings, cpu_count
+from triserve.errors import invalid
 
 DEFAULT_CPU_INSTANCES = 2
+MAX_INSTANCES = 64  # per model version: each instance holds its own copy of the model
 
 
 def complete_instance_groups(config: mc.ModelConfig) -> None:
@@ -26,6 +28,9 @@ def complete_instance_groups(config: mc.ModelConfig) -> None:
             group.kind = mc.ModelInstanceGroup.KIND_CPU
         if group.count == 0:
             group.count = DEFAULT_CPU_INSTANCES if group.kind == mc.ModelInstanceGroup.KIND_CPU else 1
+    total = sum(g.count * max(len(g.gpus), 1) for g in config.instance_group)
+    if total > MAX_INSTANCES:
+        raise invalid(f"model '{config.name}' asks for {total} instances (workers); at most {MAX_INSTANCES} are allowed")
 
 
 def instance_settings(config: mc.ModelConfig) -> list[InstanceSettings]:

@@ -118,14 +118,20 @@ class ModelManager:
                     entry.fingerprint = await loop.run_in_executor(self._loader, entry.catalog.fingerprint, name)
                     spec = await loop.run_in_executor(self._loader, entry.catalog.read, name, config)
                 entry.tried_versions = tuple(sorted(spec.versions))
-                built = await loop.run_in_executor(self._loader, _build, spec, self.allow_custom_code)
+                try:
+                    built = await loop.run_in_executor(self._loader, _build, spec, self.allow_custom_code)
+                except ServerError as e:
+                    e.message = _from_model_folder(e.message, spec)
+                    e.args = (e.message,)
+                    raise
             except ServerError as e:
                 self._failed(entry, e.message)
                 raise
             except Exception as e:  # a broken model must never take the server down
                 log.exception("loading model '%s'", name)
-                self._failed(entry, f"{type(e).__name__}: {e}")
-                raise internal(f"failed to load '{name}': {e}") from None
+                reason = f"unexpected {type(e).__name__} (the server log has the details)"  # no reprs, no paths
+                self._failed(entry, reason)
+                raise internal(f"failed to load '{name}': {reason}") from None
             new_versions = {}
             for version, b in sorted(built.items()):
                 new_versions[version] = Model(
@@ -262,6 +268,15 @@ class _Built:
     instances: list
     batch_limit: int  # the largest batch the dynamic batcher forms
     processor: processors.Processor | None = None
+
+
+def _from_model_folder(message: str, spec: ModelSpec) -> str:
+    """A backend's message with the model's files named from the model's name, not by where the
+    server keeps them (archives and uploads live in private temporary folders)."""
+    folders = {spec.path, *(f for f in spec.versions.values() if not f.is_relative_to(spec.path))}
+    for folder in sorted(folders, key=lambda f: len(str(f)), reverse=True):
+        message = message.replace(str(folder), spec.name)
+    return message
 
 
 def _build(spec: ModelSpec, allow_custom_code: bool = False) -> dict[int, _Built]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Awaitable
+from typing import Awaitable, Mapping, Sequence
 
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
@@ -19,6 +19,8 @@ from triserve.core.types import InferRequest, InferResponse, RequestedOutput
 from triserve.errors import invalid
 
 log = logging.getLogger("triserve")
+
+INT64_MAX = 2**63 - 1  # the most elements (and bytes) a tensor may have, as in Triton
 
 
 def read_labels(model_dir: Path, config: mc.ModelConfig) -> dict[str, list[str]]:
@@ -53,7 +55,7 @@ class Model:
         self.inputs = {t.name: t for t in config.input}
         self.outputs = {t.name: t for t in config.output}
         self.output_names = list(self.outputs)
-        self._input_types = {t.name: datatypes.numpy_of_config(t.data_type) for t in config.input}
+        self._input_datatypes = {t.name: datatypes.name_of_config(t.data_type) for t in config.input}
         self._required = {t.name for t in config.input if not t.optional}
         self.stats = ModelStats(self.name, version)
         self.loaded_at = time.time()  # when this version's instances became ready
@@ -78,9 +80,14 @@ class Model:
         Queuing happens before this returns, so a caller that looked this version up is
         answered by it even if a reload swaps in a new version before the caller awaits.
         """
-        batch_size = self._check_inputs(request)
+        headers = {name: (_datatype(array.dtype), array.shape) for name, array in request.inputs.items()}
+        batch_size = self.check_inputs(headers, request.id)
         requested = request.outputs or [RequestedOutput(name) for name in self.output_names]
+        seen: set[str] = set()
         for out in requested:
+            if out.name in seen:
+                raise invalid(f"[request id: {request.id or '<id_unknown>'}] output '{out.name}' already exists in request")
+            seen.add(out.name)
             if out.name not in self.outputs:
                 raise invalid(f"unexpected inference output '{out.name}' for model '{self.name}'")
             if out.class_count < 0:
@@ -103,31 +110,38 @@ class Model:
             outputs[out.name] = value
         return InferResponse(self.name, self.version_str, request.id, outputs)
 
-    def _check_inputs(self, request: InferRequest) -> int:
-        """Validate names, datatypes and shapes; returns the batch size (0 if the model does not batch)."""
-        prefix = f"[request id: {request.id or '<id_unknown>'}] "
-        given = request.inputs
-        missing = self._required - given.keys()
-        unknown = given.keys() - self.inputs.keys()
+    def check_inputs(
+        self, inputs: Mapping[str, tuple[str, Sequence[int]]], request_id: str = "", split: bool = False
+    ) -> int:
+        """Check input names, datatypes and shapes (`name -> (v2 datatype, shape)`) against the
+        config before any tensor content is read; returns the batch size (0 if the model does
+        not batch). `split`: the data plane splits batches above max_batch_size, so any size goes."""
+        prefix = f"[request id: {request_id or '<id_unknown>'}] "
+        for name, (datatype, shape) in inputs.items():
+            if not datatypes.is_known(datatype):
+                raise invalid(f"{prefix}input '{name}': unknown datatype '{datatype}'")
+            element_count(name, datatype, shape)
+        missing = self._required - inputs.keys()
+        unknown = inputs.keys() - self.inputs.keys()
         if unknown:
             raise invalid(f"{prefix}unexpected inference input '{sorted(unknown)[0]}' for model '{self.name}'")
         if missing:
             raise invalid(
-                f"{prefix}expected {len(self._required)} inputs but got {len(given)} inputs for model"
-                f" '{self.name}'. Got input(s) {sorted(given)}, but missing required input(s)"
+                f"{prefix}expected {len(self._required)} inputs but got {len(inputs)} inputs for model"
+                f" '{self.name}'. Got input(s) {sorted(inputs)}, but missing required input(s)"
                 f" {sorted(missing)}. Please provide all required input(s)."
             )
         batch_size = 0
-        for name, array in given.items():
+        for name, (datatype, shape) in inputs.items():
             spec = self.inputs[name]
-            expected_type = self._input_types[name]
-            if array.dtype != expected_type:
+            expected_type = self._input_datatypes[name]
+            if datatype != expected_type:
                 raise invalid(
-                    f"{prefix}inference input '{name}' data-type is '{datatypes.from_numpy(array.dtype)}',"
-                    f" but model '{self.name}' expects '{datatypes.from_numpy(expected_type)}'"
+                    f"{prefix}inference input '{name}' data-type is '{datatype}',"
+                    f" but model '{self.name}' expects '{expected_type}'"
                 )
             dims = list(spec.dims)
-            shape = list(array.shape)
+            shape = list(shape)
             if self.max_batch_size > 0:
                 expected = [-1, *dims]
                 if not shape or not datatypes.dims_fit(shape[1:], dims):
@@ -150,7 +164,8 @@ class Model:
                     f"{prefix}unexpected shape for input '{name}' for model '{self.name}'. Expected"
                     f" {_fmt(dims)}, got {_fmt(shape)}"
                 )
-        if self.max_batch_size > 0 and not 1 <= batch_size <= self.max_batch_size:
+        too_large = batch_size > self.max_batch_size and not split
+        if self.max_batch_size > 0 and (batch_size < 1 or too_large):
             raise invalid(
                 f"{prefix}inference request batch-size must be <= {self.max_batch_size} for"
                 f" '{self.name}', got {batch_size}"
@@ -178,5 +193,49 @@ class Model:
                 log.exception("closing model '%s' version %d", self.name, self.version)
 
 
-def _fmt(shape: list[int]) -> str:
+def _fmt(shape: Sequence[int]) -> str:
+    """A shape as Triton writes it; a very long one (a hostile request's) is cut short."""
+    if len(shape) > _SHOWN_DIMS:
+        return "[" + ",".join(str(d) for d in shape[:_SHOWN_DIMS]) + f",... ({len(shape)} dimensions)]"
     return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+_SHOWN_DIMS = 16
+
+
+def element_count(name: str, datatype: str, shape: Sequence[int]) -> int:
+    """How many elements a tensor of `shape` has. Shapes no array can hold are refused with
+    Triton's words; numpy holds no array whose nonzero dimensions multiply beyond int64, even
+    one with a zero dimension, so those count too."""
+    count = 1
+    nonzero = 1
+    for d in shape:
+        if d < 0:
+            raise invalid(
+                f"invalid shape for input '{name}': shape {_fmt(shape)} contains one or more invalid dimensions"
+            )
+        count *= d
+        nonzero *= d or 1
+        if nonzero > INT64_MAX:  # stop before the product grows with a long shape
+            raise invalid(
+                f"invalid shape for input '{name}': shape {_fmt(shape)} causes total element count to exceed"
+                f" maximum size of {INT64_MAX}"
+            )
+    size = datatypes.ELEMENT_SIZE.get(datatype, np.dtype(np.object_).itemsize)
+    if nonzero * size > INT64_MAX:
+        raise invalid(
+            f"byte size overflow for input '{name}': element count ({nonzero}) * data type size ({size}) exceeds"
+            f" maximum allowed size ({INT64_MAX})"
+        )
+    return count
+
+
+def _datatype(dtype: np.dtype) -> str:
+    """The v2 datatype of an array; fixed-width text and dtypes without one keep numpy's name,
+    so that they never pass for a model's BYTES (object arrays) or any other input."""
+    if dtype.kind in "SU":
+        return dtype.name
+    try:
+        return datatypes.from_numpy(dtype)
+    except KeyError:
+        return dtype.name

@@ -2,7 +2,8 @@
 
 Each registered archive is one version of a model (TorchServe's "1.0" strings map to version
 numbers 1, 2, ... in registration order). An archive is checked before anything is written
-(manifest fields are plain file names present in the archive, custom handler code needs
+(sizes and compression ratios within --max-archive-size and --max-archive-ratio, manifest
+fields are plain file names present in the archive, custom handler code needs
 --allow-custom-handlers) and then extracted safely into a private temporary folder; the model
 store is only ever read. The ModelConfig describes the serialized model so the core runs it
 like any other model:
@@ -38,7 +39,7 @@ from triserve.core.processors import CUSTOM, CUSTOM_PLATFORM, NATIVE, NOT_SUPPOR
 from triserve.core.spec import ModelSpec, ProcessorSpec
 from triserve.errors import Code, ServerError, StatusError, invalid, not_found
 from triserve.options import DEFAULT_JOB_QUEUE_SIZE, ArchiveOptions
-from triserve.repository.mar_extract import MANIFEST, Archive, iter_store
+from triserve.repository.mar_extract import MANIFEST, Archive, Limits, iter_store
 from triserve.repository.mar_fetch import download, in_store, is_remote
 
 log = logging.getLogger("triserve")
@@ -115,6 +116,7 @@ class MarCatalog(Registry):
     def __init__(self, store: Path | None, options: ArchiveOptions | None = None) -> None:
         self.store = store
         self.options = options or ArchiveOptions()
+        self.limits = Limits(self.options.max_archive_size, self.options.max_archive_ratio)
         self._models: dict[str, dict[int, Registration]] = {}
         self._default: dict[str, int] = {}
         self._root = Path(tempfile.mkdtemp(prefix="triserve-mar-"))
@@ -213,7 +215,7 @@ class MarCatalog(Registry):
     def _add_startup(self, name: str | None, path: Path, url: str) -> None:
         registration = Registration(name or "", DEFAULT_VERSION, url, path, Settings(), loaded_at_startup=True)
         try:
-            with Archive(path) as archive:
+            with Archive(path, self.limits) as archive:
                 registration.manifest = archive.manifest
                 self._settle(registration, archive, name, {})
         except ServerError as e:
@@ -233,11 +235,11 @@ class MarCatalog(Registry):
             if is_remote(url):
                 downloads = folder / "download"
                 downloads.mkdir()
-                path = download(url, self.options.allowed_url_hosts, downloads)
+                path = download(url, self.options.allowed_url_hosts, downloads, self.limits.max_bytes)
             else:
                 path = in_store(self.store, url)
             registration = Registration("", DEFAULT_VERSION, url, path, Settings())
-            with Archive(path) as archive:
+            with Archive(path, self.limits) as archive:
                 registration.manifest = archive.manifest
                 self._settle(registration, archive, model_name, params)
                 self._check_new(registration)
@@ -335,7 +337,7 @@ class MarCatalog(Registry):
         assert registration.source is not None
         folder = Path(tempfile.mkdtemp(dir=self._root))
         try:
-            with Archive(registration.source) as archive:
+            with Archive(registration.source, self.limits) as archive:
                 check_manifest(archive, self.options.allow_custom_handlers)
                 registration.manifest = archive.manifest
                 archive.extract(folder / "model")

@@ -4,7 +4,7 @@ Registration through the management API names an archive by `url`. triserve acce
 file name directly inside the model store (no folders, no `..`, no links leading out), and
 remote `http(s)://` URLs only when the operator listed their exact host (reference A.5.7:
 TorchServe's default allowed every URL and made SSRF and remote code execution possible).
-Downloads follow no redirects and stop at MAX_DOWNLOAD_BYTES.
+Downloads follow no redirects and stop at `max_bytes` (--max-archive-size).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 from triserve.errors import invalid, not_found
+from triserve.options import DEFAULT_MAX_ARCHIVE_SIZE
+from triserve.repository.mar_extract import path_problem, reason, shown
 
 ARCHIVE_SUFFIXES = (".mar", ".tar.gz", ".tgz", ".model")
-MAX_DOWNLOAD_BYTES = 4 * 1024**3
 DOWNLOAD_TIMEOUT_S = 60
 
 
@@ -32,9 +33,12 @@ def in_store(store: Path | None, url: str) -> Path:
         raise invalid("no model store is configured (start the server with --model-store DIR)")
     if not url or url in (".", "..") or "/" in url or "\\" in url or "\x00" in url or url.startswith("."):
         raise invalid(
-            f"'{url}' is not a file name inside the model store; give the archive's file name only"
+            f"{shown(url)} is not a file name inside the model store; give the archive's file name only"
             " (no folders, no '..')"
         )
+    problem = path_problem(url)
+    if problem is not None:
+        raise invalid(f"the archive file name {shown(url)} {problem}")
     root = store.resolve()
     path = root / url
     if not path.exists() and not path.is_symlink():
@@ -57,7 +61,7 @@ def _allowed(netloc: str, hostname: str, port: int | None, allowed_hosts: list[s
     return False
 
 
-def download(url: str, allowed_hosts: list[str], folder: Path) -> Path:
+def download(url: str, allowed_hosts: list[str], folder: Path, max_bytes: int = DEFAULT_MAX_ARCHIVE_SIZE) -> Path:
     """Fetch a remote archive into `folder` (which must exist); refused unless its host is allowed."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
@@ -86,15 +90,19 @@ def download(url: str, allowed_hosts: list[str], folder: Path) -> Path:
             copied = 0
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 copied += len(chunk)
-                if copied > MAX_DOWNLOAD_BYTES:
-                    raise invalid(f"the archive at {url} is larger than {MAX_DOWNLOAD_BYTES} bytes")
+                if copied > max_bytes:
+                    raise invalid(f"the archive at {url} is larger than {max_bytes} bytes (--max-archive-size)")
                 out.write(chunk)
     except urllib.error.HTTPError as e:
         shutil.rmtree(folder, ignore_errors=True)
         raise invalid(f"Failed to download archive from: {url} (HTTP {e.code})") from None
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
+    except urllib.error.URLError as e:
         shutil.rmtree(folder, ignore_errors=True)
-        raise invalid(f"Failed to download archive from: {url} ({e})") from None
+        why = reason(e.reason) if isinstance(e.reason, BaseException) else str(e.reason)
+        raise invalid(f"Failed to download archive from: {url} ({why})") from None
+    except (OSError, TimeoutError) as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise invalid(f"Failed to download archive from: {url} ({reason(e)})") from None
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

@@ -18,7 +18,10 @@ def decode(data: bytes) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+    except UnidentifiedImageError:  # its text names the BytesIO object: say what it means instead
+        raise invalid("the request body is not a decodable image: not an image format the server reads"
+                      " (JPEG, PNG, BMP, GIF, WebP, TIFF)") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise invalid(f"the request body is not a decodable image: {e}") from None
     return to_rgb(image)
 

@@ -7,7 +7,7 @@ import pytest
 from tritonclient.grpc import service_pb2 as pb
 
 from triserve.errors import ServerError
-from triserve.protocols.kserve.contents import FIELD, from_contents
+from triserve.protocols.kserve.contents import FIELD, field_of, from_contents
 
 CASES = [
     ("BOOL", "bool_contents", [True, False], np.bool_),
@@ -74,3 +74,11 @@ def test_fp16_travels_only_in_raw_contents():
 
 def test_unknown_datatypes_are_refused():
     assert "input 'x': unknown datatype 'FP33'" in error("x", "FP33", [1], contents("fp32_contents", [1.0]))
+
+
+def test_field_of_names_the_contents_field_or_refuses():
+    assert field_of("x", "INT16") == "int_contents"
+    for datatype, words in (("FP16", "FP16 data must be sent in raw_input_contents"), ("FP33", "unknown datatype 'FP33'")):
+        with pytest.raises(ServerError) as e:
+            field_of("x", datatype)
+        assert words in e.value.message

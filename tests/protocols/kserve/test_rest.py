@@ -527,7 +527,7 @@ BAD_JSON_REQUESTS = [
     ("no batch dimension", None, {"inputs": simple_inputs(shape=[16])}, 400, "unexpected shape"),
     ("batch above max_batch_size", None, {"inputs": simple_inputs(np.tile(A, (9, 1)), np.tile(B, (9, 1)))}, 400, "batch-size must be <= 8"),
     ("batch sizes disagree", None, {"inputs": simple_inputs(np.tile(A, (2, 1)), B)}, 400, "does not match the batch size"),
-    ("element count", None, _with(shape=[1, 8]), 400, "unexpected number of elements 16 for shape [1, 8]"),
+    ("element count", None, _with(data=list(range(8))), 400, "unexpected number of elements 8 for shape [1, 16]"),
     ("negative dimension", None, _with(shape=[1, -16]), 400, "shape must be a list of non-negative integers"),
     ("unknown datatype", None, _with(datatype="FP33"), 400, "unknown datatype 'FP33'"),
     ("FP16 in JSON", None, _with(datatype="FP16"), 400, "sending FP16 data via JSON is not supported"),

@@ -162,7 +162,7 @@ def _bad_requests():
     yield "truncated binary body", url, truncated[:-1000], headers, 400, "binary"
     yield "header length beyond body", url, body, {"Inference-Header-Content-Length": str(len(body) + 10)}, 400, "Inference-Header-Content-Length"
     yield "corrupt gzip", url, b"\x1f\x8b\x08\x00garbage", {"Content-Encoding": "gzip"}, 400, "decompress"
-    json_count = _header([{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}])
+    json_count = _header([{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}])
     yield "JSON element count mismatch", url, json_count, {}, 400, "number of elements"
 
 

@@ -26,12 +26,6 @@ def error(call, *args) -> str:
     return e.value.message
 
 
-def test_element_count():
-    assert tensors.element_count([2, 3, 4]) == 24
-    assert tensors.element_count([0, 5]) == 0
-    assert tensors.element_count([]) == 1  # a scalar
-
-
 def test_check_shape_takes_non_negative_integers():
     assert tensors.check_shape("x", [1, 0, 3]) == [1, 0, 3]
     assert tensors.check_shape("x", []) == []
@@ -79,11 +73,13 @@ def test_non_bytes_items_are_written_as_their_text():
 @pytest.mark.parametrize(
     "data, words",
     [
-        (b"\x03\x00", "truncated BYTES element length at byte 0"),
-        (struct.pack("<I", 10) + b"short", "BYTES element of 10 bytes runs past the end"),
-        (struct.pack("<I", 1) + b"a", "got 1 BYTES elements, but shape [2] needs 2"),
+        (struct.pack("<I", 1) + b"a\x03\x00\x00", "truncated BYTES element length at byte 5"),
+        (struct.pack("<I", 10) + b"shortish", "BYTES element of 10 bytes runs past the end"),
+        (struct.pack("<I", 4) + b"abcd", "got 1 BYTES elements, but shape [2] needs 2"),
+        (struct.pack("<III", 0, 0, 0), "more BYTES elements than the 2 that shape [2] needs"),
+        (struct.pack("<I", 0), "4 bytes cannot hold the 2 BYTES elements of shape [2]"),
     ],
-    ids=["truncated length", "element past the end", "too few elements"],
+    ids=["truncated length", "element past the end", "too few elements", "too many elements", "too short for the shape"],
 )
 def test_malformed_byte_strings_are_refused(data, words):
     assert words in error(tensors.from_bytes, "s", "BYTES", [2], data)
@@ -163,3 +159,50 @@ def test_to_json():
     assert tensors.to_json(np.array([0.5], np.float32)) == [0.5]
     assert tensors.to_json(np.array([b"a", b"\xff"], np.object_)) == ["a", "\ufffd"]
     assert "sending FP16 data via JSON is not supported" in error(tensors.to_json, np.zeros(1, np.float16))
+
+
+def _nested(depth: int, value: object) -> object:
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("datatype, value, readable", [("BYTES", "a", 99), ("INT64", 1, 64)])
+def test_json_data_nested_100_deep_is_refused_as_in_triton(datatype, value, readable):
+    """Numbers nest at most 64 deep (numpy's limit on dimensions), strings 99 (Triton's)."""
+    assert tensors.from_json("x", datatype, [1], _nested(readable, value)).size == 1
+    assert error(tensors.from_json, "x", datatype, [1], _nested(100, value)) == (
+        "JSON nesting depth exceeds maximum allowed limit (100)"
+    )
+
+
+def test_deep_nesting_anywhere_in_bytes_data_is_refused():
+    data = ["a", _nested(120, "b")]
+    assert "JSON nesting depth exceeds maximum allowed limit (100)" in error(tensors.from_json, "s", "BYTES", [2], data)
+
+
+def test_more_json_elements_than_the_shape_holds_are_refused_without_reading_them_all():
+    assert "unexpected number of elements 1000000 for shape [2], expected 2" in error(
+        tensors.from_json, "x", "INT32", [2], [0] * 1_000_000
+    )
+    assert "more elements in 'data' than the 2 its shape holds" in error(tensors.from_json, "s", "BYTES", [2], ["a"] * 1_000_000)
+
+
+def test_ragged_byte_strings_count_every_element():
+    """As Triton: BYTES JSON data may nest in any way; only the element count must match."""
+    assert tensors.from_json("s", "BYTES", [3], [["a"], ["b", "c"]]).tolist() == [b"a", b"b", b"c"]
+
+
+def test_half_floats_cannot_travel_as_json():
+    assert "sending FP16 data via JSON is not supported" in error(tensors.check_json_datatype, "x", "FP16")
+    tensors.check_json_datatype("x", "FP32")
+
+
+def test_byte_strings_are_refused_before_reading_when_the_data_cannot_hold_the_shape():
+    """Each element has a 4-byte length: 1,000 bytes cannot hold a million, whatever they say."""
+    assert "1000 bytes cannot hold the 1000000 BYTES elements" in error(tensors.from_bytes, "s", "BYTES", [1_000_000], bytes(1000))
+
+
+def test_a_long_shape_is_cut_short_in_its_error():
+    message = error(tensors.check_shape, "x", [1.5] * 1_000_000)
+    assert len(message) < 300 and message.endswith("...")

@@ -306,3 +306,32 @@ def test_booleans_are_integer_features():
 )
 def test_examples_errors(data, message):
     assert rejected(tfjson.examples, data, "classify") == message
+
+
+@pytest.mark.parametrize(
+    "value, rows, expected",
+    [
+        ([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], True, {"x": [2, 3]}),
+        ([{"x": [1.0, 2.0], "y": "a"}, {"x": [3.0, 4.0], "y": "b"}], True, {"x": [2, 2], "y": [2]}),
+        ({"x": [[1.0, 2.0]], "z": 1}, False, {"x": [1, 2]}),
+        ([[1.0]], False, {}),  # two inputs need names: the codec says so in its own words
+        ([], True, {}),
+    ],
+    ids=["rows", "named rows", "named columns", "unnamed columns of two inputs", "no instances"],
+)
+def test_shapes_show_from_the_first_element_of_each_level(value, rows, expected):
+    names = ["x"] if expected == {"x": [2, 3]} else ["x", "y"]
+    assert tfjson.shapes(value, names, rows) == expected
+
+
+def test_strings_for_numbers_are_refused_before_numpy_reads_them():
+    message = rejected(tfjson.to_array, [["a"] * 3] * 100_000, FLOAT, "x")
+    assert message == "input 'x': JSON values of type String are not of expected type: float32"
+
+
+@pytest.mark.parametrize("dtype", [FLOAT, BYTES])
+def test_values_nested_deeper_than_a_tensor_can_be_are_refused(dtype):
+    value: object = "a" if dtype == BYTES else 1.0
+    for _ in range(70):
+        value = [value]
+    assert "lists nested 70 deep; a tensor has at most 64 dimensions" in rejected(tfjson.to_array, value, dtype, "x")

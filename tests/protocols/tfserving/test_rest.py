@@ -19,7 +19,7 @@ import pytest
 from tests.inprocess import running_dataplane
 from tests.protocols.tfserving.models import CLASSIFIER, PLUS, REGRESSOR, STRINGS
 from triserve.core.dataplane import DataPlane
-from triserve.protocols.tfserving.rest import TFServingREST
+from triserve.protocols.tfserving.rest import TFServingREST, model_of
 from triserve.repository.triton import TritonRepositories
 
 
@@ -343,3 +343,9 @@ async def test_prometheus_metrics_count_requests_per_model_and_latency_per_versi
         assert error(await client.post("/monitoring/prometheus/metrics"), 404) == (
             "Not found: POST /monitoring/prometheus/metrics"
         )
+
+
+def test_the_request_log_names_the_model_a_path_names():
+    assert model_of({"raw_path": b"/v1/models/plus/versions/2:predict"}) == "plus"
+    assert model_of({"raw_path": b"/v1/models/my%20model/labels/stable/metadata"}) == "my model"
+    assert model_of({"raw_path": b"/monitoring/prometheus/metrics"}) == ""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from triserve.errors import Code, ServerError
-from triserve.protocols.tfserving.tensors import from_numpy, to_numpy
+from triserve.protocols.tfserving.tensors import from_numpy, header, to_numpy
 from triserve.protos import tensorflow_pb2 as tf
 
 NUMERIC = [
@@ -197,3 +197,38 @@ def test_tensorflow_fills_typed_fields_as_we_do(tensorflow):
         ours = to_numpy("x", tensor)
         assert ours.dtype == theirs.dtype
         np.testing.assert_array_equal(ours, theirs)
+
+
+def shaped(dtype: int, *dims: int, **values) -> tf.TensorProto:
+    proto = tf.TensorProto(dtype=dtype, **values)
+    proto.tensor_shape.dim.extend(tf.TensorShapeProto.Dim(size=d) for d in dims)
+    return proto
+
+
+def test_header_gives_datatype_and_shape_without_reading_values():
+    assert header("x", shaped(tf.DT_STRING, 2, 3)) == ("BYTES", [2, 3])
+    assert header("x", shaped(tf.DT_FLOAT, 4, tensor_content=b"garbage")) == ("FP32", [4])
+
+
+def test_shapes_no_array_can_hold_are_refused_with_tritons_words():
+    with pytest.raises(ServerError) as e:
+        header("x", shaped(tf.DT_FLOAT, 0, 2**62, 2**62))
+    assert "causes total element count to exceed maximum size of 9223372036854775807" in e.value.message
+
+
+def test_a_few_values_are_not_repeated_into_a_tensor_larger_than_a_message():
+    proto = shaped(tf.DT_INT32, 2**20, 16, int_val=[1])
+    assert "needs 67108864 bytes, more than the largest message (1000 bytes" in _refused_with_limit(proto, 1000)
+    assert to_numpy("x", shaped(tf.DT_INT32, 250, int_val=[7]), max_bytes=1000).tolist() == [7] * 250
+
+
+def _refused_with_limit(proto: tf.TensorProto, limit: int) -> str:
+    with pytest.raises(ServerError) as e:
+        to_numpy("x", proto, max_bytes=limit)
+    return e.value.message
+
+
+@pytest.mark.parametrize("dtype, field, value", [(tf.DT_UINT8, "int_val", 300), (tf.DT_INT8, "int_val", -200), (tf.DT_HALF, "half_val", -1)])
+def test_typed_values_outside_the_dtype_are_refused(dtype, field, value):
+    message = rejected(shaped(dtype, 1, **{field: [value]}))
+    assert f"input 'x': a value in {field} does not fit" in message

@@ -6,6 +6,8 @@ around tiny ONNX models, and a data plane serving them as `triserve serve --mode
 - `adder_v3.mar` (adder 3.0) and `broken.mar` (broken 1.0): model.onnx is not a model, so loading fails;
 - `colors.mar` (colors 1.0, image_classifier): FP32 [batch, 3, 224, 224] -> the mean of each
   channel [batch, 3], labelled red, green, blue by its index_to_name.json.
+
+Decompression bombs (`zip_bomb`, `tar_bomb`) are written here too, streamed as they are made.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import asyncio
 import contextlib
 import io
 import json
+import tarfile
+import zipfile
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -84,17 +88,19 @@ def model_store(root: Path) -> Path:
     return store
 
 
-def archives(store: Path, *models: str) -> MarCatalog:
-    """The archive catalog of `--model-store STORE --models MODELS...`, built as server.py builds it."""
-    catalog = from_options(ArchiveOptions(model_store=store, models=models))
+def archives(store: Path, *models: str, **options: Any) -> MarCatalog:
+    """The archive catalog of `--model-store STORE --models MODELS...` (and other ArchiveOptions),
+    built as server.py builds it."""
+    catalog = from_options(ArchiveOptions(model_store=store, models=models, **options))
     assert catalog is not None
     return catalog
 
 
 @contextlib.asynccontextmanager
-async def archive_dataplane(store: Path, *models: str, repository: Path | None = None) -> AsyncIterator[DataPlane]:
+async def archive_dataplane(store: Path, *models: str, repository: Path | None = None,
+                            **options: Any) -> AsyncIterator[DataPlane]:
     """A running data plane over the startup archives `models` (and a Triton repository, if given)."""
-    registry = archives(store, *models)
+    registry = archives(store, *models, **options)
     catalogs = [TritonRepositories([repository])] if repository is not None else []
     async with running_dataplane([*catalogs, registry], registry=registry) as dataplane:
         yield dataplane
@@ -120,8 +126,58 @@ async def background_work_done(dataplane: DataPlane) -> None:
         await asyncio.gather(*list(dataplane._background), return_exceptions=True)
 
 
+def batch_size(size: int, *names: str) -> dict[str, Any]:
+    """ArchiveOptions for archives of `names` (version 1.0) batching `size` rows (config.properties `models`)."""
+    return {"models_config": {name: {"1.0": {"batchSize": size}} for name in names}}
+
+
 def jpeg(color: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format="JPEG", quality=95)
     return buffer.getvalue()
 
+
+
+def zip_bomb(path: Path, size: int, **entries: bytes) -> Path:
+    """A .mar whose `model.onnx` is `size` zero bytes, deflated (about 229 to 1) as it is written,
+    so the test never holds it; `entries` (a manifest) come first."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=2) as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+        with z.open("model.onnx", "w", force_zip64=True) as member:
+            for left in range(size, 0, -_MiB):
+                member.write(_ZEROS[:min(left, _MiB)])
+    return path
+
+
+def tar_bomb(path: Path, size: int, **entries: bytes) -> Path:
+    """The same as a .tar.gz (torch-model-archiver's tgz layout: everything under one folder)."""
+    with tarfile.open(path, "w:gz", compresslevel=2) as t:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(f"bomb/{name}")
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("bomb/model.onnx")
+        info.size = size
+        t.addfile(info, io.BufferedReader(_Zeros(size), _MiB))
+    return path
+
+
+_MiB = 1 << 20
+_ZEROS = bytes(_MiB)
+
+
+class _Zeros(io.RawIOBase):
+    """`size` zero bytes, read a chunk at a time."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self.left)
+        buffer[:n] = _ZEROS[:n] if n <= _MiB else bytes(n)
+        self.left -= n
+        return n

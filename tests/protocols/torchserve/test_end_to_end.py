@@ -160,8 +160,17 @@ def test_post_multipart_and_a_batch_of_files(server, files):
     single = httpx.post(endpoint, files={"data": ("cat.jpg", cat, "image/jpeg")}, timeout=60)
     assert single.status_code == 200, single.text
     assert next(iter(single.json())) in CATS
-    batch = httpx.post(endpoint, files=[("data", ("a.jpg", cat, "image/jpeg")),
-                                        ("data", ("b.jpg", jpeg_bytes("coffee"), "image/jpeg"))], timeout=60)
+    two = [("data", ("a.jpg", cat, "image/jpeg")), ("data", ("b.jpg", jpeg_bytes("coffee"), "image/jpeg"))]
+    too_many = httpx.post(endpoint, files=two, timeout=60)  # effnet's batch size is 1
+    assert too_many.status_code == 400 and "batch size (1)" in too_many.json()["message"]
+    manage = url(server, "management", "/models")
+    r = httpx.post(manage, params={"url": "effnet.mar", "model_name": "effnet_batch", "batch_size": 2,
+                                   "initial_workers": 1, "synchronous": "true"}, timeout=120)
+    assert r.status_code == 200, r.text
+    try:
+        batch = httpx.post(url(server, "inference", "/predictions/effnet_batch"), files=two, timeout=60)
+    finally:
+        httpx.delete(f"{manage}/effnet_batch", timeout=60)
     assert batch.status_code == 200, batch.text
     first, second = batch.json()
     assert next(iter(first)) in CATS and next(iter(second)) == LABELS[ESPRESSO]

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from triserve.errors import Code, ServerError, StatusError
 from triserve.protocols.torchserve.forms import (
+    EXCEPTION_HANDLERS,
     RequestTooLarge,
     decode_value,
     error_response,
@@ -82,6 +86,30 @@ def test_a_repeated_multipart_field_starts_a_new_row():
     assert request_rows(body, content_type) == [{"data": b"first"}, {"data": b"second"}, {"data": b"third"}]
 
 
+def test_rows_beyond_the_limit_stop_the_parse_before_any_value_is_decoded():
+    body, content_type = multipart(
+        ("data", "a.json", b'{"ok": 1}', "application/json"),
+        ("data", "b.json", b"{not json", "application/json"),  # would be a JSON error if it were decoded
+        ("data", "c.json", b"{not json", "application/json"),
+    )
+    with pytest.raises(ServerError) as e:
+        request_rows(body + b"garbage after the end", content_type, max_rows=1)  # never read that far
+    assert e.value.code == Code.INVALID_ARG
+    assert e.value.message.startswith("too many rows: the request has 3 parts, 'data' in more than 1 of them")
+    assert "batch size (1)" in e.value.message
+    with pytest.raises(ServerError) as e:
+        request_rows(body, content_type, max_rows=3)  # every row fits: the values are decoded
+    assert "not valid JSON" in e.value.message
+
+
+def test_distinct_fields_are_one_row_and_repeated_urlencoded_fields_count():
+    body, content_type = multipart(("data", "a.jpg", b"x", "image/jpeg"), ("meta", None, b"y", None))
+    assert request_rows(body, content_type, max_rows=1) == [{"data": b"x", "meta": "y"}]
+    with pytest.raises(ServerError) as e:
+        request_rows(b"data=1&data=2&data=3&x=1", "application/x-www-form-urlencoded", max_rows=2)
+    assert "field 'data' 3 times" in e.value.message and "batch size (2)" in e.value.message
+
+
 def test_urlencoded_fields_are_text_and_repeat_into_rows():
     assert request_rows(b"data=a%2Bb&extra=", "application/x-www-form-urlencoded") == [{"data": "a+b", "extra": ""}]
     assert request_rows(b"data=1&data=2", "application/x-www-form-urlencoded") == [{"data": "1"}, {"data": "2"}]
@@ -141,6 +169,21 @@ def test_flags_and_integers():
 
 
 # -- errors ----------------------------------------------------------------------------------
+@pytest.mark.anyio
+async def test_an_unexpected_error_is_a_plain_500():
+    async def broken(request: Request) -> Response:
+        raise RuntimeError(f"secret {object()!r} in /tmp/triserve-mar-x/model")
+
+    app = Starlette(routes=[Route("/broken", broken)], exception_handlers=EXCEPTION_HANDLERS)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.get("/broken")
+    assert response.status_code == 500
+    error = response.json()
+    assert error["type"] == "InternalServerException" and "server log" in error["message"]
+    assert "secret" not in response.text and "0x" not in response.text and "/tmp" not in response.text
+
+
 def test_errors_map_to_torchserve_status_and_exception_names():
     assert status_of(ServerError("x", Code.NOT_FOUND)) == (404, "ModelNotFoundException")
     assert status_of(ServerError("x", Code.UNAVAILABLE)) == (503, "ServiceUnavailableException")

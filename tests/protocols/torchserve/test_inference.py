@@ -7,7 +7,9 @@ import json
 import pytest
 
 from tests.inprocess import tiny_repository
-from tests.protocols.torchserve.support import DIFFERENCE, ROW, SUM, archive_dataplane, assert_error, client, jpeg
+from tests.protocols.torchserve.support import (
+    DIFFERENCE, ROW, SUM, archive_dataplane, assert_error, batch_size, client, jpeg,
+)
 from triserve.protocols.torchserve.inference import TorchServeInference
 
 pytestmark = pytest.mark.anyio
@@ -46,17 +48,33 @@ async def test_put_and_post_raw_bodies(store):
 
 
 async def test_multipart_with_one_and_several_files(store):
-    async with archive_dataplane(store, "adder.mar") as dataplane:
+    other = {"INPUT0": [5] * 16, "INPUT1": [2] * 16}
+    files = [("data", ("a.json", json.dumps(ROW), "application/json")),
+             ("data", ("b.json", json.dumps(other), "application/json"))]
+    async with archive_dataplane(store, "adder.mar", **batch_size(2, "adder")) as dataplane:
         async with client(TorchServeInference(dataplane).app()) as inference:
             one = await inference.post("/predictions/adder", files={"data": ("row.json", json.dumps(ROW), "application/json")})
-            other = {"INPUT0": [5] * 16, "INPUT1": [2] * 16}
-            several = await inference.post("/predictions/adder", files=[
-                ("data", ("a.json", json.dumps(ROW), "application/json")),
-                ("data", ("b.json", json.dumps(other), "application/json")),
-            ])
+            several = await inference.post("/predictions/adder", files=files)
+        model = dataplane.resolve("adder")
     assert one.json() == ADDED
     assert several.status_code == 200, several.text
     assert several.json() == [ADDED, {"OUTPUT0": [7] * 16, "OUTPUT1": [3] * 16}]  # one answer per file, in order
+    assert (model.stats.inference_count, model.stats.execution_count) == (3, 2)  # the two files ran as one batch
+
+
+async def test_more_files_than_the_batch_size_is_a_bad_request(store):
+    files = [("data", (f"{i}.json", json.dumps(ROW), "application/json")) for i in range(3)]
+    async with archive_dataplane(store, "adder.mar", **batch_size(2, "adder")) as dataplane:
+        async with client(TorchServeInference(dataplane).app()) as inference:
+            three = await inference.post("/predictions/adder", files=files)
+            repeated = await inference.post("/predictions/adder", data={"data": [json.dumps(ROW)] * 3})  # urlencoded
+            two = await inference.post("/predictions/adder", files=files[:2])
+        model = dataplane.resolve("adder")
+    message = assert_error(three, 400, "BadRequestException")["message"]
+    assert "3 parts" in message and "batch size (2)" in message
+    assert "'data' 3 times" in assert_error(repeated, 400, "BadRequestException")["message"]
+    assert two.status_code == 200 and len(two.json()) == 2
+    assert model.stats.inference_count == 2  # the refused requests never reached the model
 
 
 async def test_urlencoded_field(store):
@@ -67,7 +85,7 @@ async def test_urlencoded_field(store):
 
 
 async def test_image_classifier_answers_labelled_probabilities(store):
-    async with archive_dataplane(store, "colors.mar") as dataplane:
+    async with archive_dataplane(store, "colors.mar", **batch_size(2, "colors")) as dataplane:
         async with client(TorchServeInference(dataplane).app()) as inference:
             red = await inference.put("/predictions/colors", content=jpeg(RED))
             batch = await inference.post("/predictions/colors", files=[
@@ -80,7 +98,8 @@ async def test_image_classifier_answers_labelled_probabilities(store):
     assert answer["red"] > 0.9 and sum(answer.values()) == pytest.approx(1, abs=1e-5)
     first, second = batch.json()
     assert next(iter(first)) == "red" and next(iter(second)) == "blue"
-    assert_error(not_an_image, 400, "BadRequestException")
+    message = assert_error(not_an_image, 400, "BadRequestException")["message"]
+    assert message.startswith("the request body is not a decodable image") and "object at 0x" not in message
 
 
 async def test_models_of_a_triton_repository_answer_json_tensors(store, tmp_path):

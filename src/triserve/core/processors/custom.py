@@ -69,10 +69,11 @@ def _entry_point(module: Any, function: str | None) -> tuple[Callable, Callable]
         return entry, lambda context: entry(None, context)
     classes = [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__]
     if len(classes) != 1:
-        raise invalid(f"Expected only one class in custom service code or a function entry point {classes}")
+        names = [c.__name__ for c in classes]  # names, not class reprs
+        raise invalid(f"Expected only one class in custom service code or a function entry point {names}")
     service = classes[0]()
     if not hasattr(service, "handle"):
-        raise invalid(f"Expect handle method in class {classes[0]}")
+        raise invalid(f"Expect handle method in class {classes[0].__name__}")
     return service.handle, getattr(service, "initialize", lambda context: None)
 
 

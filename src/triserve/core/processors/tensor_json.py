@@ -18,6 +18,9 @@ from triserve.errors import invalid
 from triserve.core.processors import Row, main_field
 
 
+_KINDS = {int: "a number", float: "a number", bool: "a boolean", dict: "an object", list: "a list", type(None): "null"}
+
+
 def _array(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
     try:
         if dtype == np.object_:
@@ -25,7 +28,7 @@ def _array(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
             flat = array.reshape(-1)
             for i, item in enumerate(flat):
                 if not isinstance(item, str):
-                    raise TypeError(f"BYTES elements must be strings, got {item!r}")
+                    raise TypeError(f"BYTES elements must be strings, got {_KINDS.get(type(item), 'another value')}")
                 flat[i] = item.encode()
             return array
         return np.asarray(value, dtype=dtype)

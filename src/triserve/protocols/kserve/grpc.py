@@ -10,24 +10,39 @@ import logging
 from typing import Any, AsyncIterator
 
 import grpc
+import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from triserve import __version__, datatypes
 from triserve.core.dataplane import DataPlane
+from triserve.core.model import Model, element_count
 from triserve.core.types import InferRequest, InferResponse, RequestedOutput
 from triserve.errors import Code, ServerError, invalid
 from triserve.protocols.kserve import tensors
-from triserve.protocols.kserve.contents import from_contents
-from triserve.protocols.transport.grpc import GRPC_STATUS, GRPCFrontEnd
-from triserve.options import ServerOptions
+from triserve.protocols.kserve.contents import field_of, from_contents
+from triserve.protocols.transport import offload
+from triserve.protocols.transport.grpc import (
+    GRPC_STATUS,
+    INTERNAL_ERROR,
+    GRPCFrontEnd,
+    add_service,
+    check_bytes_elements,
+    generated_handlers,
+    read_whole,
+    skimmed,
+)
+from triserve.options import DEFAULT_GRPC_MAX_BYTES_ELEMENTS, ServerOptions
 from triserve.protocols.kserve.common import EXTENSIONS, class_count, index_rows, load_arguments, model_metadata, schedule_options
 from triserve.protocols.kserve.statistics import statistics_json
 
 log = logging.getLogger("triserve")
 
 SERVICE = "inference.GRPCInferenceService"
+# An inference request whose typed `contents` stay unread bytes until the inputs' names,
+# datatypes and shapes passed the model's checks (60 MiB of BYTES elements take a parser a second).
+SKIMMED_INFER_REQUEST = skimmed(pb.ModelInferRequest, {"inference.ModelInferRequest.InferInputTensor": ["contents"]})
 
 
 def _rpc(method):
@@ -39,17 +54,18 @@ def _rpc(method):
             return await method(self, request, context)
         except ServerError as e:
             error = (GRPC_STATUS[e.code], e.message)
-        except Exception as e:
+        except Exception:
             log.exception("unexpected error in %s", method.__name__)
-            error = (grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+            error = (grpc.StatusCode.INTERNAL, INTERNAL_ERROR)
         await context.abort(*error)
 
     return wrapper
 
 
 class V2GRPC(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, max_bytes_elements: int = DEFAULT_GRPC_MAX_BYTES_ELEMENTS) -> None:
         self.dataplane = dataplane
+        self.max_bytes_elements = max_bytes_elements
 
     # -- health and metadata ----------------------------------------------------------------
     @_rpc
@@ -117,7 +133,10 @@ class V2GRPC(service_pb2_grpc.GRPCInferenceServiceServicer):
     # -- inference ----------------------------------------------------------------------------
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         model = self.dataplane.resolve(request.model_name, request.model_version)
-        return encode_infer_response(await self.dataplane.infer(model, decode_infer_request(request)))
+        core_request = await decode_infer_request(model, request, self.max_bytes_elements)
+        # Looked up again: a reload may have retired `model` while the contents were read.
+        model = self.dataplane.resolve(request.model_name, request.model_version)
+        return encode_infer_response(await self.dataplane.infer(model, core_request))
 
     @_rpc
     async def ModelInfer(self, request, context):
@@ -133,18 +152,20 @@ class V2GRPC(service_pb2_grpc.GRPCInferenceServiceServicer):
                 answers.put_nowait(pb.ModelStreamInferResponse(infer_response=await self._infer(request)))
             except ServerError as e:
                 answers.put_nowait(_stream_error(request, e.message))
-            except Exception as e:
+            except Exception:
                 log.exception("unexpected error in ModelStreamInfer")
-                answers.put_nowait(_stream_error(request, f"internal error: {type(e).__name__}: {e}"))
+                answers.put_nowait(_stream_error(request, INTERNAL_ERROR))
 
         async def read() -> None:
-            async for request in request_iterator:
-                task = asyncio.create_task(answer(request))
-                running.add(task)
-                task.add_done_callback(running.discard)
-            while running:  # the client closed its side: finish what it sent
-                await asyncio.gather(*running)
-            answers.put_nowait(None)
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(answer(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                while running:  # the client closed its side: finish what it sent
+                    await asyncio.gather(*running)
+            finally:  # also when reading failed (a message that does not parse): the stream ends now
+                answers.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:
@@ -203,8 +224,12 @@ def _values(parameters) -> dict[str, Any]:
     return {key: _value(p) for key, p in parameters.items()}
 
 
-def decode_infer_request(request: pb.ModelInferRequest) -> InferRequest:
-    """Inputs from `raw_input_contents` (one per input, in order) or each input's typed `contents`."""
+async def decode_infer_request(
+    model: Model, request: pb.ModelInferRequest, max_bytes_elements: int = DEFAULT_GRPC_MAX_BYTES_ELEMENTS
+) -> InferRequest:
+    """Inputs from `raw_input_contents` (one per input, in order) or each input's typed `contents`,
+    read only once their names, datatypes and shapes passed the model's checks (large contents
+    are read off the event loop)."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise invalid(
@@ -213,25 +238,31 @@ def decode_infer_request(request: pb.ModelInferRequest) -> InferRequest:
         )
     if not request.inputs:
         raise invalid("the request must have at least one input")
-    inputs = {}
-    for index, tensor in enumerate(request.inputs):
+    headers: dict[str, tuple[str, list[int]]] = {}
+    for tensor in request.inputs:
         name = tensor.name
-        if name in inputs:
+        if name in headers:
             raise invalid(f"input '{name}' is given twice")
         if "shared_memory_region" in tensor.parameters:
             raise ServerError("shared memory inputs are not supported by triserve", Code.UNSUPPORTED)
-        shape = tensors.check_shape(name, list(tensor.shape))
-        if raw:
-            if tensor.HasField("contents"):
-                raise invalid(
-                    f"contents field must not be specified when using raw_input_contents for input '{name}'"
-                    f" for model '{request.model_name}'"
-                )
-            inputs[name] = tensors.from_bytes(name, tensor.datatype, shape, raw[index])
-        elif tensor.HasField("contents"):
-            inputs[name] = from_contents(name, tensor.datatype, shape, tensor.contents)
-        else:
+        if raw and tensor.HasField("contents"):
+            raise invalid(
+                f"contents field must not be specified when using raw_input_contents for input '{name}'"
+                f" for model '{request.model_name}'"
+            )
+        if not raw and not tensor.HasField("contents"):
             raise invalid(f"input '{name}': no data: set raw_input_contents or the input's contents")
+        if not raw:
+            field_of(name, tensor.datatype)
+        headers[name] = (tensor.datatype, tensors.check_shape(name, list(tensor.shape)))
+    model.check_inputs(headers, request.id)
+    counts = {name: element_count(name, datatype, shape) for name, (datatype, shape) in headers.items()}
+    check_bytes_elements(sum(counts[name] for name, (datatype, _) in headers.items() if datatype == "BYTES"), max_bytes_elements)
+    if raw:
+        size = sum(count * datatypes.ELEMENT_SIZE.get(headers[name][0], 4) for name, count in counts.items())
+        inputs = await offload.run(size, _read_inputs, request, headers)
+    else:  # how large the unread typed contents are, only parsing them tells
+        inputs = await offload.off_loop(_read_inputs, request, headers)
     outputs = None
     if request.outputs:
         outputs = []
@@ -245,6 +276,21 @@ def decode_infer_request(request: pb.ModelInferRequest) -> InferRequest:
     return InferRequest(
         inputs=inputs, outputs=outputs, id=request.id, priority=priority, timeout_us=timeout, parameters=params
     )
+
+
+def _read_inputs(request: pb.ModelInferRequest, headers: dict[str, tuple[str, list[int]]]) -> dict[str, np.ndarray]:
+    """The inputs' contents; typed contents are read only now, from the request's unread bytes."""
+    raw = request.raw_input_contents
+    if not raw:
+        request = read_whole(request, pb.ModelInferRequest)
+    inputs = {}
+    for index, tensor in enumerate(request.inputs):
+        datatype, shape = headers[tensor.name]
+        if raw:
+            inputs[tensor.name] = tensors.from_bytes(tensor.name, datatype, shape, raw[index])
+        else:
+            inputs[tensor.name] = from_contents(tensor.name, datatype, shape, tensor.contents)
+    return inputs
 
 
 def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
@@ -261,10 +307,13 @@ def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
 
 
 def frontend(dataplane: DataPlane, options: ServerOptions, port: int) -> GRPCFrontEnd:
-    servicer = V2GRPC(dataplane)
+    servicer = V2GRPC(dataplane, options.grpc.max_bytes_elements)
 
     def register(grpc_server: grpc.aio.Server) -> list[str]:
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, grpc_server)
+        handlers = generated_handlers(service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, servicer)
+        for method in ("ModelInfer", "ModelStreamInfer"):  # typed contents are read after the checks
+            handlers[method] = handlers[method]._replace(request_deserializer=SKIMMED_INFER_REQUEST.FromString)
+        add_service(grpc_server, SERVICE, handlers)
         return [SERVICE]
 
     return GRPCFrontEnd(register, options.host, port, ready=dataplane.ready, max_message_bytes=options.grpc.max_message_bytes)

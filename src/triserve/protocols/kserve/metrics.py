@@ -101,4 +101,4 @@ def metrics_app(dataplane: DataPlane) -> Starlette:
 
 
 def frontend(dataplane: DataPlane, options: ServerOptions, port: int) -> HTTPFrontEnd:
-    return HTTPFrontEnd(metrics_app(dataplane), options.host, port)
+    return HTTPFrontEnd(metrics_app(dataplane), options.host, port, options.http)

@@ -8,6 +8,7 @@ import binascii
 import logging
 from typing import Any
 
+import numpy as np
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -17,14 +18,18 @@ from starlette.routing import Route
 
 from triserve import __version__, datatypes
 from triserve.core.dataplane import DataPlane
+from triserve.core.model import Model, element_count
 from triserve.core.types import InferRequest, InferResponse, RequestedOutput
 from triserve.errors import Code, ServerError, invalid
-from triserve.options import ServerOptions
+from triserve.options import DEFAULT_HTTP_MAX_INPUT_SIZE, ServerOptions
 from triserve.protocols.kserve import tensors
 from triserve.protocols.kserve.common import EXTENSIONS, class_count, index_rows, load_arguments, model_metadata, schedule_options
 from triserve.protocols.kserve.statistics import statistics_json
-from triserve.protocols.transport.compression import choose_encoding, compress, decompress
-from triserve.protocols.transport.http import HTTPFrontEnd, json_object, unless_disconnected
+from triserve.protocols.transport import offload
+from triserve.protocols.transport.bodies import inflate, read_body
+from triserve.protocols.transport.compression import choose_encoding, compress
+from triserve.protocols.transport.http import HTTPFrontEnd, unless_disconnected
+from triserve.protocols.transport.json_input import parse_object
 from triserve.protocols.kserve.config_json import to_json
 
 log = logging.getLogger("triserve")
@@ -53,8 +58,9 @@ def _empty_ok() -> Response:
 
 
 class V2HTTP:
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, max_input_size: int = DEFAULT_HTTP_MAX_INPUT_SIZE) -> None:
         self.dataplane = dataplane
+        self.max_input_size = max_input_size  # --http-max-input-size: bodies, also once inflated
 
     # -- health and metadata ------------------------------------------------------------
     async def live(self, request: Request) -> Response:
@@ -89,25 +95,30 @@ class V2HTTP:
 
     # -- repository -------------------------------------------------------------------
     async def repository_index(self, request: Request) -> Response:
-        body = await request.body()
+        body = await read_body(request, self.max_input_size)
         ready_only = False
         if body.strip():
-            data = json_object(body)
+            data = await parse_object(body)
             ready_only = bool(data.get("ready", False))
         return json_response(index_rows(self.dataplane, ready_only))
 
     async def repository_load(self, request: Request) -> Response:
-        body = await request.body()
-        parameters = _parameters(json_object(body), "the load request") if body.strip() else {}
-        config, files = load_arguments(parameters)
-        # over HTTP, `file:` contents travel base64-encoded (tritonclient.http encodes them)
-        files = {k: _base64(k, v) for k, v in files.items()}
-        await self.dataplane.load(request.path_params["model"], config, files)
+        name = request.path_params["model"]
+        try:
+            body = await read_body(request, self.max_input_size)
+            parameters = _parameters(await parse_object(body), "the load request") if body.strip() else {}
+            config, files = load_arguments(parameters)
+            # over HTTP, `file:` contents travel base64-encoded (tritonclient.http encodes them)
+            files = {k: _base64(k, v) for k, v in files.items()}
+        except ServerError as e:  # refused before the manager (which logs its own failures) saw it
+            log.warning("refused to load model '%s': %s", name, e.message)
+            raise
+        await self.dataplane.load(name, config, files)
         return _empty_ok()
 
     async def repository_unload(self, request: Request) -> Response:
-        body = await request.body()
-        parameters = _parameters(json_object(body), "the unload request") if body.strip() else {}
+        body = await read_body(request, self.max_input_size)
+        parameters = _parameters(await parse_object(body), "the unload request") if body.strip() else {}
         await self.dataplane.unload(
             request.path_params["model"], bool(parameters.get("unload_dependents", False))
         )
@@ -115,11 +126,12 @@ class V2HTTP:
 
     # -- inference --------------------------------------------------------------------
     async def infer(self, request: Request) -> Response:
-        body = await request.body()
-        body = decompress(body, request.headers.get("content-encoding"))
+        body = await read_body(request, self.max_input_size)
+        body = await inflate(body, request.headers.get("content-encoding"), self.max_input_size)
         header, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
-        core_request, binary_outputs = decode_infer_request(header, binary)
-        model = self._model(request)
+        data = await parse_object(header)
+        core_request, binary_outputs = await decode_infer_request(self._model(request), data, binary)
+        model = self._model(request)  # again: a reload may have retired it while the contents were read
         response = await unless_disconnected(request, self.dataplane.infer(model, core_request))
         content, json_length = encode_infer_response(response, binary_outputs)
         headers = {}
@@ -187,19 +199,23 @@ def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
     return params
 
 
-def decode_infer_request(header: bytes, binary: memoryview) -> tuple[InferRequest, dict[str, bool]]:
-    """The JSON header plus binary blobs to a core request; also which outputs go back binary."""
-    data = json_object(header)
+async def decode_infer_request(
+    model: Model, data: dict[str, Any], binary: memoryview
+) -> tuple[InferRequest, dict[str, bool]]:
+    """The JSON header plus binary blobs to a core request; also which outputs go back binary.
+    Tensor data is read only once the inputs' names, datatypes and shapes passed the model's
+    checks, and large data is read off the event loop."""
     inputs_json = data.get("inputs")
     if not isinstance(inputs_json, list) or not inputs_json:
         raise invalid("the request must have an 'inputs' array with at least one input")
-    inputs = {}
+    headers: dict[str, tuple[str, list[int]]] = {}
+    sources: dict[str, memoryview | Any] = {}  # each input's blob, or its JSON data
     offset = 0
     for item in inputs_json:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise invalid("each input must be an object with a 'name'")
         name = item["name"]
-        if name in inputs:
+        if name in headers:
             raise invalid(f"input '{name}' is given twice")
         datatype = item.get("datatype")
         if not isinstance(datatype, str):
@@ -213,24 +229,31 @@ def decode_infer_request(header: bytes, binary: memoryview) -> tuple[InferReques
                 " in 'parameters', 'shared_memory_region' in 'parameters'. But both are set"
             )
         if size is not None:
-            if not isinstance(size, int) or size < 0:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise invalid(f"input '{name}': binary_data_size must be a non-negative integer")
             if offset + size > len(binary):
                 raise invalid(
                     f"input '{name}': binary_data_size {size} goes past the end of the binary data"
                     f" ({len(binary) - offset} bytes left)"
                 )
-            inputs[name] = tensors.from_bytes(name, datatype, shape, binary[offset : offset + size])
+            sources[name] = binary[offset : offset + size]
             offset += size
         elif "data" in item:
-            inputs[name] = tensors.from_json(name, datatype, shape, item["data"])
+            tensors.check_json_datatype(name, datatype)
+            sources[name] = item["data"]
         else:
             raise invalid(
                 f"input '{name}': Input must set only one of the following fields: 'data', 'binary_data_size'"
                 " in 'parameters', 'shared_memory_region' in 'parameters'. But no field is set"
             )
+        headers[name] = (datatype, shape)
     if offset != len(binary):
         raise invalid(f"the request has {len(binary) - offset} bytes of binary data that no input claims")
+    request_id = data.get("id", "")
+    request_id = str(request_id) if request_id is not None else ""
+    model.check_inputs(headers, request_id)
+    work = sum(len(s) if isinstance(s, memoryview) else element_count(n, *headers[n]) for n, s in sources.items())
+    inputs = await offload.run(work, _read_inputs, headers, sources)
     params = _parameters(data, "request")
     default_binary = bool(params.get("binary_data_output", False))
     outputs = None
@@ -246,19 +269,29 @@ def decode_infer_request(header: bytes, binary: memoryview) -> tuple[InferReques
             outputs.append(RequestedOutput(item["name"], class_count(item["name"], out_params.get("classification", 0))))
             binary_outputs[item["name"]] = bool(out_params.get("binary_data", default_binary))
     binary_outputs[""] = default_binary  # for outputs not named in the request
-    request_id = data.get("id", "")
     priority, timeout = schedule_options(params)
     return (
         InferRequest(
             inputs=inputs,
             outputs=outputs,
-            id=str(request_id) if request_id is not None else "",
+            id=request_id,
             priority=priority,
             timeout_us=timeout,
             parameters=params,
         ),
         binary_outputs,
     )
+
+
+def _read_inputs(headers: dict[str, tuple[str, list[int]]], sources: dict[str, Any]) -> dict[str, np.ndarray]:
+    inputs = {}
+    for name, source in sources.items():
+        datatype, shape = headers[name]
+        if isinstance(source, memoryview):
+            inputs[name] = tensors.from_bytes(name, datatype, shape, source)
+        else:
+            inputs[name] = tensors.from_json(name, datatype, shape, source)
+    return inputs
 
 
 def encode_infer_response(response: InferResponse, binary_outputs: dict[str, bool]) -> tuple[bytes, int | None]:
@@ -291,7 +324,7 @@ def encode_infer_response(response: InferResponse, binary_outputs: dict[str, boo
 
 
 def frontend(dataplane: DataPlane, options: ServerOptions, port: int) -> HTTPFrontEnd:
-    return HTTPFrontEnd(V2HTTP(dataplane).app(), options.host, port)
+    return HTTPFrontEnd(V2HTTP(dataplane, options.http.max_input_size).app(), options.host, port, options.http)
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
@@ -306,7 +339,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s", request.url.path)
-    return error_response(f"internal error: {type(exc).__name__}: {exc}", 500)
+    return error_response("internal error: the server log has the details", 500)  # no reprs or paths in answers
 
 
 EXCEPTION_HANDLERS = {ServerError: _server_error, HTTPException: _http_error, Exception: _unexpected}

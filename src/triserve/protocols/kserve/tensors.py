@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
-import math
+import itertools
 import struct
 
 import numpy as np
 
 from triserve import datatypes
-from triserve.errors import invalid
+from triserve.core.model import element_count
+from triserve.errors import ServerError, invalid
 
-
-def element_count(shape: list[int]) -> int:
-    return math.prod(shape)
+# As Triton's HTTP_MAX_JSON_NESTING_DEPTH: JSON `data` nested this deep is refused.
+MAX_JSON_DEPTH = 100
+_LENGTH = 4  # bytes of the length prefix of each BYTES element
 
 
 def check_shape(name: str, shape: object) -> list[int]:
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise invalid(f"input '{name}': shape must be a list of non-negative integers, got {shape!r}")
+        raise invalid(f"input '{name}': shape must be a list of non-negative integers, got {_short(shape)}")
     return shape
+
+
+def _short(value: object, limit: int = 200) -> str:
+    """A client's value for an error message, cut short (and never written out whole first)."""
+    if isinstance(value, (list, dict)) and len(value) > 16:
+        value = value[:16] if isinstance(value, list) else dict(itertools.islice(value.items(), 16))
+        return repr(value)[:limit] + "..."
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def from_bytes(name: str, datatype: str, shape: list[int], data: bytes | memoryview) -> np.ndarray:
     """Row-major little-endian bytes (BYTES: 4-byte length-prefixed items) to an array."""
-    count = element_count(shape)
+    count = element_count(name, datatype, shape)
     if datatype == "BYTES":
         return _deserialize_bytes(name, shape, count, data)
     if not datatypes.is_known(datatype):
@@ -38,10 +48,17 @@ def from_bytes(name: str, datatype: str, shape: list[int], data: bytes | memoryv
 
 
 def _deserialize_bytes(name: str, shape: list[int], count: int, data: bytes | memoryview) -> np.ndarray:
+    if count * _LENGTH > len(data):  # every element has its length prefix: refuse before reading any
+        raise invalid(
+            f"input '{name}': {len(data)} bytes cannot hold the {count} BYTES elements of shape {shape}"
+            f" ({_LENGTH} bytes of length prefix each)"
+        )
     items = []
     view = memoryview(data)
     offset = 0
     while offset < len(view):
+        if len(items) == count:
+            raise invalid(f"input '{name}': more BYTES elements than the {count} that shape {shape} needs")
         if offset + 4 > len(view):
             raise invalid(f"input '{name}': truncated BYTES element length at byte {offset}")
         (length,) = struct.unpack_from("<I", view, offset)
@@ -68,16 +85,23 @@ def to_bytes(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
-def from_json(name: str, datatype: str, shape: list[int], data: object) -> np.ndarray:
-    """JSON `data` (flat or nested) to an array; element count must match the shape."""
+def check_json_datatype(name: str, datatype: str) -> None:
+    """Whether `datatype` can travel as JSON `data` (half floats cannot, as in Triton)."""
     if not datatypes.is_known(datatype):
         raise invalid(f"input '{name}': unknown datatype '{datatype}'")
     if datatype in ("FP16", "BF16"):
         raise invalid(f"sending {datatype} data via JSON is not supported. Please use the binary data format for input")
-    count = element_count(shape)
+
+
+def from_json(name: str, datatype: str, shape: list[int], data: object) -> np.ndarray:
+    """JSON `data` (flat or nested) to an array; element count must match the shape."""
+    check_json_datatype(name, datatype)
+    count = element_count(name, datatype, shape)
+    _check_nesting(name, data, count, shape, datatype == "BYTES")
     try:
         if datatype == "BYTES":
-            flat = _flatten(data if isinstance(data, list) else [data])
+            flat: list = []
+            _flatten(name, data if isinstance(data, list) else [data], flat, count, 0)
             array = np.empty(len(flat), dtype=np.object_)
             array[:] = [s.encode() if isinstance(s, str) else _bad_bytes(name, s) for s in flat]
         else:
@@ -111,17 +135,40 @@ def _numbers(name: str, datatype: str, data: object) -> np.ndarray:
 
 
 def _bad_bytes(name: str, value: object) -> bytes:
-    raise invalid(f"input '{name}': BYTES data in JSON must be strings, got {value!r}")
+    raise invalid(f"input '{name}': BYTES data in JSON must be strings, got {_short(value)}")
 
 
-def _flatten(data: list) -> list:
-    out: list = []
+def _too_deep() -> ServerError:
+    return invalid(f"JSON nesting depth exceeds maximum allowed limit ({MAX_JSON_DEPTH})")
+
+
+def _check_nesting(name: str, data: object, count: int, shape: list[int], ragged: bool) -> None:
+    """Along the first elements only (cheap): the nesting depth, and for dense data (numbers, which
+    must be dense) the element count the nesting shows, so that a mismatch is refused unread."""
+    depth, shown = 0, 1
+    while isinstance(data, list):
+        shown *= len(data)
+        depth += 1
+        if depth >= MAX_JSON_DEPTH:
+            raise _too_deep()
+        if not data:
+            break
+        data = data[0]
+    if not ragged and depth and shown != count:
+        raise invalid(f"input '{name}': unexpected number of elements {shown} for shape {shape}, expected {count}")
+
+
+def _flatten(name: str, data: list, out: list, limit: int, depth: int) -> None:
+    """The leaves of nested lists into `out`, in order; past `limit` leaves it stops with an error."""
+    if depth >= MAX_JSON_DEPTH - 1:
+        raise _too_deep()
     for item in data:
         if isinstance(item, list):
-            out.extend(_flatten(item))
+            _flatten(name, item, out, limit, depth + 1)
         else:
             out.append(item)
-    return out
+            if len(out) > limit:
+                raise invalid(f"input '{name}': more elements in 'data' than the {limit} its shape holds")
 
 
 def to_json(array: np.ndarray) -> list:

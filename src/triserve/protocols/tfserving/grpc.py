@@ -10,19 +10,24 @@ Classify, Regress and MultiInference are not served (UNIMPLEMENTED).
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Awaitable, Callable
 
 import grpc
+import numpy as np
 from google.protobuf import any_pb2
+
 
 from triserve.core.dataplane import DataPlane
 from triserve.core.types import RequestedOutput
 from triserve.errors import ServerError, invalid
-from triserve.options import ServerOptions
+from triserve.options import GRPCOptions, ServerOptions
 from triserve.protocols.tfserving import tensors as tfserving_tensors
-from triserve.protocols.transport.grpc import GRPCFrontEnd
+from triserve.protocols.transport import offload
+from triserve.protocols.transport.grpc import INTERNAL_ERROR, GRPCFrontEnd, add_service, check_bytes_elements, read_whole, skimmed
 from triserve.protocols.tfserving.servables import Servables, check_signature, infer, signature_def_map, tf_code
 from triserve.protos import tensorflow_error_pb2 as tf_error
+from triserve.protos import tensorflow_pb2 as tf
 from triserve.protos import tfserving_apis_pb2 as apis
 
 log = logging.getLogger("triserve")
@@ -32,6 +37,12 @@ MODEL_SERVICE = "tensorflow.serving.ModelService"
 # What clients unpack the metadata Any as: TF Serving's own message name, not our proto package's.
 SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
 _STATUS = {code.value[0]: code for code in grpc.StatusCode}  # TF error codes are gRPC's numbers
+# A predict request whose tensor values stay unread bytes until the inputs' datatypes and shapes
+# passed the model's checks.
+SKIMMED_PREDICT_REQUEST = skimmed(
+    apis.PredictRequest,
+    {tf.TensorProto.DESCRIPTOR.full_name: [f.name for f in tf.TensorProto.DESCRIPTOR.fields if f.number > 3]},
+)
 
 
 def _version_choice(spec: apis.ModelSpec) -> tuple[int | None, str | None]:
@@ -44,22 +55,35 @@ def _version_choice(spec: apis.ModelSpec) -> tuple[int | None, str | None]:
 
 
 class TFServingGRPC:
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, options: GRPCOptions = GRPCOptions()) -> None:
         self.dataplane = dataplane
         self.servables = Servables(dataplane)
+        self.max_message_bytes = options.max_message_bytes
+        self.max_bytes_elements = options.max_bytes_elements
 
     # -- PredictionService --------------------------------------------------------------
     async def predict(self, request: apis.PredictRequest, context) -> apis.PredictResponse:
         spec = request.model_spec
         model = self.servables.model(spec.name, *_version_choice(spec))
         check_signature(spec.signature_name)
-        inputs = {name: tfserving_tensors.to_numpy(name, tensor) for name, tensor in request.inputs.items()}
+        # The request's values are still unread (SKIMMED_PREDICT_REQUEST): datatypes, shapes and
+        # counts are checked first.
+        headers = {name: tfserving_tensors.header(name, tensor) for name, tensor in request.inputs.items()}
+        model.check_inputs(headers, split=True)
+        counts = [math.prod(shape) for datatype, shape in headers.values() if datatype == "BYTES"]
+        check_bytes_elements(sum(counts), self.max_bytes_elements)
+        inputs = await offload.off_loop(self._read_inputs, request)
         outputs = [RequestedOutput(name) for name in request.output_filter] or None
+        model = self.servables.model(spec.name, *_version_choice(spec))  # again: a reload may have retired it
         result = await infer(self.dataplane, model, inputs, outputs)
         response = apis.PredictResponse(model_spec=self.servables.model_spec(model))
         for name, array in result.items():
             response.outputs[name].CopyFrom(tfserving_tensors.from_numpy(array))
         return response
+
+    def _read_inputs(self, request: apis.PredictRequest) -> dict[str, np.ndarray]:
+        whole = read_whole(request, apis.PredictRequest)
+        return {name: tfserving_tensors.to_numpy(name, tensor, self.max_message_bytes) for name, tensor in whole.inputs.items()}
 
     async def get_model_metadata(
         self, request: apis.GetModelMetadataRequest, context
@@ -97,37 +121,35 @@ class TFServingGRPC:
                     await context.abort(_STATUS.get(code, grpc.StatusCode.UNKNOWN), e.message)
                 except grpc.aio.AbortError:
                     raise
-                except Exception as e:  # a clean INTERNAL, never a dropped call
+                except Exception:  # a clean INTERNAL, never a dropped call
                     log.exception("unexpected error in a TF Serving gRPC call")
-                    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+                    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR)
 
             return grpc.unary_unary_rpc_method_handler(
                 handler, request_deserializer=request_type.FromString, response_serializer=lambda m: m.SerializeToString()
             )
 
-        grpc_server.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    PREDICTION_SERVICE,
-                    {
-                        "Predict": unary(self.predict, apis.PredictRequest),
-                        "GetModelMetadata": unary(self.get_model_metadata, apis.GetModelMetadataRequest),
-                    },
-                ),
-                grpc.method_handlers_generic_handler(
-                    MODEL_SERVICE,
-                    {
-                        "GetModelStatus": unary(self.get_model_status, apis.GetModelStatusRequest),
-                        "HandleReloadConfigRequest": unary(self.reload_config, apis.ReloadConfigRequest),
-                    },
-                ),
-            )
+        add_service(
+            grpc_server,
+            PREDICTION_SERVICE,
+            {
+                "Predict": unary(self.predict, SKIMMED_PREDICT_REQUEST),
+                "GetModelMetadata": unary(self.get_model_metadata, apis.GetModelMetadataRequest),
+            },
+        )
+        add_service(
+            grpc_server,
+            MODEL_SERVICE,
+            {
+                "GetModelStatus": unary(self.get_model_status, apis.GetModelStatusRequest),
+                "HandleReloadConfigRequest": unary(self.reload_config, apis.ReloadConfigRequest),
+            },
         )
         return [PREDICTION_SERVICE, MODEL_SERVICE]
 
 
 def frontend(dataplane: DataPlane, options: ServerOptions, port: int) -> GRPCFrontEnd:
-    servicer = TFServingGRPC(dataplane)
+    servicer = TFServingGRPC(dataplane, options.grpc)
     return GRPCFrontEnd(
         servicer.register, options.host, port, ready=dataplane.ready, max_message_bytes=options.grpc.max_message_bytes
     )

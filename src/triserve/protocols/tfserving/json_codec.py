@@ -13,17 +13,21 @@ import numpy as np
 import orjson
 
 from triserve.errors import invalid
+from triserve.protocols.transport.json_input import check_depth
 from triserve.protos import tensorflow_pb2 as tf
 
 # TF Serving writes DT_STRING outputs whose name ends in this as {"b64": ...}, others as text.
 BYTES_SUFFIX = "_bytes"
 _FLOAT32_EXACT_INT = 2**24  # larger integers do not survive conversion to float
+_MAX_DIMS = 64  # numpy's limit (TensorFlow's is 254)
 
 
 def parse(body: bytes) -> dict[str, Any]:
-    """The request object. NaN / Infinity / -Infinity tokens are accepted, as rapidjson does."""
+    """The request object. NaN / Infinity / -Infinity tokens are accepted, as rapidjson does.
+    Nesting is checked first, so neither parser ever goes deeper than 100 levels."""
     if not body.strip():
         raise invalid("JSON Parse error: The document is empty")
+    check_depth(body)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -46,8 +50,17 @@ def _named(value: object) -> bool:
 
 
 def _short(value: object, limit: int = 200) -> str:
-    text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=str).decode()
-    return text if len(text) <= limit else text[:limit] + "..."
+    """At most `limit` characters of the value as JSON, rendered lazily (the standard encoder
+    also writes what only the standard parser reads: integers past 64 bits, NaN)."""
+    text = ""
+    for piece in _ENCODER.iterencode(value):
+        text += piece
+        if len(text) > limit:
+            return text[:limit] + "..."
+    return text
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 # -- JSON values to arrays ----------------------------------------------------------------
@@ -57,12 +70,15 @@ def to_array(value: Any, dtype: np.dtype, name: str) -> np.ndarray:
         return _bytes_array(value, name)
     if isinstance(value, dict) or (isinstance(value, list) and _has_object(value)):
         raise invalid(f"input '{name}': JSON objects are only allowed as {{\"b64\": ...}} values of string inputs")
+    target = np.dtype(dtype)
+    if isinstance(_first_leaf(value), str):  # refused before numpy copies every string
+        raise invalid(f"input '{name}': JSON values of type String are not of expected type: {_tf_name(target)}")
+    _check_rank(value, name)
     try:
         array = np.asarray(value)
     except ValueError:
         raise invalid(f"input '{name}': nested lists must be dense (every list at one level the same length)") from None
     kind = array.dtype.kind
-    target = np.dtype(dtype)
     if target.kind == "b":
         ok = kind == "b" or array.size == 0
     elif target.kind in "iu":
@@ -81,9 +97,13 @@ def to_array(value: Any, dtype: np.dtype, name: str) -> np.ndarray:
 
 
 def _has_object(value: list) -> bool:
+    return isinstance(_first_leaf(value), dict)
+
+
+def _first_leaf(value: Any) -> Any:
     while isinstance(value, list) and value:
         value = value[0]
-    return isinstance(value, dict)
+    return value
 
 
 def _json_kind(array: np.ndarray) -> str:
@@ -99,7 +119,7 @@ def _tf_name(dtype: np.dtype) -> str:
 def _bytes_array(value: Any, name: str) -> np.ndarray:
     """Strings (as UTF-8) and {"b64": ...} objects, at one depth, as an object array of bytes."""
     items: list[bytes] = []
-    shape = _dense_shape(value)
+    shape = _check_rank(value, name)
 
     def walk(v: Any, depth: int) -> None:
         if isinstance(v, list):
@@ -126,6 +146,13 @@ def _bytes_array(value: Any, name: str) -> np.ndarray:
     return array.reshape(shape)
 
 
+def _check_rank(value: Any, name: str) -> list[int]:
+    shape = _dense_shape(value)
+    if len(shape) > _MAX_DIMS:
+        raise invalid(f"input '{name}': lists nested {len(shape)} deep; a tensor has at most {_MAX_DIMS} dimensions")
+    return shape
+
+
 def _dense_shape(value: Any) -> list[int]:
     shape = []
     while isinstance(value, list):
@@ -134,6 +161,22 @@ def _dense_shape(value: Any) -> list[int]:
             break
         value = value[0]
     return shape
+
+
+def shapes(value: Any, names: list[str], rows: bool) -> dict[str, list[int]]:
+    """Each input's shape as the first element at each nesting level shows it (cheap, nothing is
+    read), for `instances` (rows: the batch is the instance count) or `inputs`; an input whose
+    shape does not show that way (a layout the codec refuses) is left out."""
+    if rows:
+        if not isinstance(value, list) or not value:
+            return {}
+        first = value[0]
+        if _named(first):
+            return {k: [len(value), *_dense_shape(v)] for k, v in first.items() if k in names}
+        return {names[0]: [len(value), *_dense_shape(first)]} if len(names) == 1 else {}
+    if _named(value):
+        return {k: _dense_shape(v) for k, v in value.items() if k in names}
+    return {names[0]: _dense_shape(value)} if len(names) == 1 else {}
 
 
 def instances_to_arrays(instances: Any, dtypes: dict[str, np.dtype], required: set[str]) -> dict[str, np.ndarray]:

@@ -8,6 +8,7 @@ regular expressions over the raw path, names and labels URL-decoded afterwards.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from typing import Any, Iterator
 from urllib.parse import unquote
@@ -17,19 +18,19 @@ from google.protobuf import json_format
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from triserve import datatypes
 from triserve.core.dataplane import DataPlane
 from triserve.core.model import Model
 from triserve.errors import ServerError, invalid
-from triserve.options import ServerOptions
+from triserve.options import DEFAULT_HTTP_MAX_INPUT_SIZE, ServerOptions
 from triserve.protocols.transport.http import HTTPFrontEnd
 from triserve.protocols.tfserving import json_codec as tfjson
-from triserve.protocols.transport.compression import decompress
+from triserve.protocols.transport import offload
+from triserve.protocols.transport.bodies import inflate, read_body
 from triserve.protocols.tfserving.servables import (
     CLASSIFY_CLASSES,
     CLASSIFY_INPUTS,
@@ -71,8 +72,9 @@ def _proto_json(message) -> dict[str, Any]:
 
 
 class TFServingREST:
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, max_input_size: int = DEFAULT_HTTP_MAX_INPUT_SIZE) -> None:
         self.dataplane = dataplane
+        self.max_input_size = max_input_size  # --http-max-input-size: bodies, also once inflated
         self.servables = Servables(dataplane)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(TFServingCollector(dataplane))
@@ -100,7 +102,7 @@ class TFServingREST:
             return error_response(e.message, HTTP_STATUS[tf_code(e)])
         except Exception as e:  # never a stack trace or a hung connection
             log.exception("unexpected error on %s %s", method, path)
-            return error_response(f"internal error: {type(e).__name__}: {e}", 500)
+            return error_response("internal error: the server log has the details", 500)  # no reprs or paths
 
     def metadata(self, name: str, version: int | None, label: str | None) -> Response:
         model = self.servables.model(name, version, label)
@@ -109,8 +111,9 @@ class TFServingREST:
         return json_response({"model_spec": spec, "metadata": {"signature_def": _proto_json(signature_def_map(model))}})
 
     async def post(self, request: Request, name: str, version: int | None, label: str | None, verb: str) -> Response:
-        body = decompress(await request.body(), request.headers.get("content-encoding"))
-        data = tfjson.parse(body)
+        body = await read_body(request, self.max_input_size)
+        body = await inflate(body, request.headers.get("content-encoding"), self.max_input_size)
+        data = await offload.run(len(body), tfjson.parse, body)
         signature_name = data.get("signature_name", "")
         if not isinstance(signature_name, str):
             raise invalid("JSON Value: not formatted correctly. 'signature_name' key must be a string value.")
@@ -126,11 +129,21 @@ class TFServingREST:
         if "instances" in data and "inputs" in data:
             raise invalid("JSON Value: Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist")
         if "instances" in data:
-            inputs = tfjson.instances_to_arrays(data["instances"], dtypes, required)
+            rows, value, read = True, data["instances"], tfjson.instances_to_arrays
         elif "inputs" in data:
-            inputs = tfjson.inputs_to_arrays(data["inputs"], dtypes, required)
+            rows, value, read = False, data["inputs"], tfjson.inputs_to_arrays
         else:
             raise invalid("Missing 'inputs' or 'instances' key")
+        # Large inputs have their shapes (from the first element of each nesting level) checked
+        # against the model before any value is read. Small ones are read first, as TF Serving
+        # does: a value of the wrong JSON type is named before a wrong shape.
+        shapes = tfjson.shapes(value, list(dtypes), rows)
+        work = sum(math.prod(shape) for shape in shapes.values())
+        if work > offload.OFF_LOOP_SIZE and required <= shapes.keys() <= dtypes.keys():
+            datatype = {t.name: datatypes.name_of_config(t.data_type) for t in model.config.input}
+            model.check_inputs({name: (datatype[name], shape) for name, shape in shapes.items()}, split=True)
+        inputs = await offload.run(work, read, value, dtypes, required)
+        model = self.servables.model(model.name, model.version)  # again: a reload may have retired it meanwhile
         outputs = await infer(self.dataplane, model, inputs)
         if "instances" in data:
             return json_response(tfjson.predictions(outputs))
@@ -175,10 +188,16 @@ class TFServingREST:
         ]
         return json_response({"results": results})
 
-    def app(self) -> Starlette:
-        # One route for every path and method: dispatch() matches paths as TF Serving does.
-        methods = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
-        return Starlette(routes=[Route("/{path:path}", self.dispatch, methods=methods)])
+    def app(self) -> ASGIApp:
+        """Every path and method goes to dispatch(), which matches paths as TF Serving does
+        (a router would answer paths it cannot match, such as ones with newlines, itself)."""
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http":
+                response = await self.dispatch(Request(scope, receive))
+                await response(scope, receive, send)
+
+        return app
 
 
 def _text(item: object) -> str:
@@ -227,5 +246,13 @@ class TFServingCollector(Collector):
         yield runs
 
 
+def model_of(scope: dict[str, Any]) -> str:
+    """The model a request's path names, for the access log."""
+    path = scope.get("raw_path", b"").decode("latin-1").partition("?")[0]
+    match = POST_PATH.fullmatch(path) or GET_PATH.fullmatch(path)
+    return unquote(match.group(1) or "") if match else ""
+
+
 def frontend(dataplane: DataPlane, options: ServerOptions, port: int) -> HTTPFrontEnd:
-    return HTTPFrontEnd(TFServingREST(dataplane).app(), options.host, port)
+    app = TFServingREST(dataplane, options.http.max_input_size).app()
+    return HTTPFrontEnd(app, options.host, port, options.http, model_of)

@@ -4,12 +4,15 @@ Errors are TorchServe's pretty-printed `{"code", "type", "message"}` plus a newl
 being the Java exception name TorchServe would report. Request fields follow TorchServe:
 multipart and urlencoded forms give one field per form field, any other body is the field
 `body`; values are decoded by their content type (JSON, text, else bytes). A field name that
-repeats starts a new row, so several files in one request are answered as a batch.
+repeats starts a new row, so several files in one request are answered as a batch, at most
+the model's batch size: parts are counted as the body is parsed, and the parse stops at the
+first row too many, before any value is decoded.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -23,6 +26,8 @@ from starlette.responses import Response
 from triserve.core.processors import Row
 from triserve.errors import Code, ServerError, StatusError, invalid
 from triserve.options import DEFAULT_MAX_REQUEST_SIZE
+from triserve.protocols.transport import bodies
+from triserve.protocols.transport.json_input import check_depth
 
 log = logging.getLogger("triserve")
 
@@ -75,23 +80,18 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s", request.url.path)
-    return error_response(500, "InternalServerException", f"{type(exc).__name__}: {exc}")
+    return error_response(500, "InternalServerException", "Internal server error (the server log has the details)")
 
 
 EXCEPTION_HANDLERS = {ServerError: _server_error, HTTPException: _http_error, Exception: _unexpected}
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise RequestTooLarge(limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestTooLarge(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """The body, refused with 413 as soon as it is known to pass `limit` (--max-request-size)."""
+    try:
+        return await bodies.read_body(request, limit)
+    except bodies.BodyTooLarge:
+        raise RequestTooLarge(limit) from None
 
 
 def decode_value(data: bytes, content_type: str) -> Any:
@@ -99,6 +99,7 @@ def decode_value(data: bytes, content_type: str) -> Any:
     main, options = parse_options_header(content_type or "")
     main = main.decode("latin-1").lower() if isinstance(main, bytes) else str(main).lower()
     if main == "application/json":
+        check_depth(data)
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError as e:
@@ -112,8 +113,19 @@ def decode_value(data: bytes, content_type: str) -> Any:
     return data
 
 
-def _multipart(body: bytes, boundary: bytes) -> list[tuple[str, Any]]:
-    fields: list[tuple[str, Any]] = []
+class _TooManyRows(Exception):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def too_many_rows(what: str, limit: int) -> ServerError:
+    return invalid(f"too many rows: the request has {what}, more rows than the model's batch size ({limit});"
+                   f" send at most {limit} file(s) per request")
+
+
+def _multipart(body: bytes, boundary: bytes, max_rows: int | None) -> list[tuple[str, Any]]:
+    parts: list[tuple[str, str, bytes]] = []  # name, content type, raw value: decoded once all are counted
+    counts: dict[str, int] = {}
     state: dict[str, Any] = {}
 
     def on_part_begin() -> None:
@@ -129,41 +141,52 @@ def _multipart(body: bytes, boundary: bytes) -> list[tuple[str, Any]]:
         state["headers"][state["field"].decode("latin-1").lower()] = state["value"].decode("latin-1")
         state["field"], state["value"] = b"", b""
 
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        state["data"].append(data[start:end])
-
-    def on_part_end() -> None:
+    def on_headers_finished() -> None:
         disposition, options = parse_options_header(state["headers"].get("content-disposition", ""))
         name = options.get(b"name")
         if name is None:
             raise invalid("a multipart part has no name in its Content-Disposition")
+        state["name"] = name.decode("utf-8", "replace")
+        counts[state["name"]] = counts.get(state["name"], 0) + 1
+        if max_rows is not None and counts[state["name"]] > max_rows:
+            raise _TooManyRows(state["name"])  # stop reading: this part would start a row too many
         content_type = state["headers"].get("content-type", "")
-        value = b"".join(state["data"])
-        if not content_type and b"filename" not in options:
-            content_type = "text/plain"  # a plain form field
-        fields.append((name.decode("utf-8", "replace"), decode_value(value, content_type)))
+        state["type"] = "text/plain" if not content_type and b"filename" not in options else content_type
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        state["data"].append(data[start:end])
+
+    def on_part_end() -> None:
+        parts.append((state["name"], state["type"], b"".join(state["data"])))
 
     parser = MultipartParser(boundary, {
         "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
-        "on_header_end": on_header_end, "on_part_data": on_part_data, "on_part_end": on_part_end,
+        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
+        "on_part_data": on_part_data, "on_part_end": on_part_end,
     })
     try:
         parser.write(body)
         parser.finalize()
     except MultipartParseError as e:
         raise invalid(f"malformed multipart body: {e}") from None
-    return fields
+    except _TooManyRows as e:
+        assert max_rows is not None
+        delimiters = body.count(b"--" + boundary) - 1  # every part opens with one; the closing one ends them
+        what = f"{max(delimiters, max_rows + 1)} parts, {e.name!r} in more than {max_rows} of them"
+        raise too_many_rows(what, max_rows) from None
+    return [(name, decode_value(value, content_type)) for name, content_type, value in parts]
 
 
-def request_rows(body: bytes, content_type: str | None) -> list[Row]:
-    """The request's rows: one per repetition of its field names (one row for ordinary requests)."""
+def request_rows(body: bytes, content_type: str | None, max_rows: int | None = None) -> list[Row]:
+    """The request's rows: one per repetition of its field names (one row for ordinary requests),
+    at most `max_rows` (more is refused while the body is parsed, before values are decoded)."""
     main, options = parse_options_header(content_type or "")
     main = main.decode("latin-1").lower() if isinstance(main, bytes) else str(main).lower()
     if main == "multipart/form-data":
         boundary = options.get(b"boundary")
         if not boundary:
             raise invalid("multipart/form-data without a boundary")
-        fields = _multipart(body, boundary)
+        fields = _multipart(body, boundary, max_rows)
     elif main == "application/x-www-form-urlencoded":
         try:
             fields = list(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
@@ -174,6 +197,10 @@ def request_rows(body: bytes, content_type: str | None) -> list[Row]:
         return [{"body": decode_value(body, content_type or "")}]
     if not fields:
         raise invalid("the request has no form fields")
+    if max_rows is not None:
+        name, repeats = Counter(name for name, _ in fields).most_common(1)[0]
+        if repeats > max_rows:
+            raise too_many_rows(f"field {name!r} {repeats} times", max_rows)
     rows: list[Row] = []
     for name, value in fields:
         row = next((r for r in rows if name not in r), None)
@@ -190,6 +217,7 @@ async def parameters(request: Request, limit: int = DEFAULT_MAX_REQUEST_SIZE) ->
     if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
         body = await read_body(request, limit)
         if body.strip():
+            check_depth(body)
             try:
                 data = orjson.loads(body)
             except orjson.JSONDecodeError as e:

@@ -1,9 +1,10 @@
 """TorchServe inference API (port 8080): `/ping` and `/predictions/{model}[/{version}]`.
 
 `curl -T image.jpg` (PUT), a raw POST body, or multipart fields `data` / `body` (several files
-in one request are answered as a JSON list, one answer per file). Each answer is encoded as
-TorchServe encodes a handler's result: JSON indented by 2, text, or raw bytes. Errors are
-TorchServe's `{"code", "type", "message"}`; an undecodable image is 400 (TorchServe: 503).
+in one request, up to the model's batch size, are one job answered as a JSON list, one answer
+per file; more files than that is 400). Each answer is encoded as TorchServe encodes a
+handler's result: JSON indented by 2, text, or raw bytes. Errors are TorchServe's
+`{"code", "type", "message"}`; an undecodable image is 400 (TorchServe: 503).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from triserve.core.dataplane import DataPlane, ModelNotFound, NotReady, VersionNotFound
+from triserve.core.dataplane import DataPlane, ModelNotFound, NotReady, VersionNotFound, max_rows
 from triserve.core.model import Model
 from triserve.core.processors import Reply
 from triserve.errors import StatusError, not_found
@@ -89,9 +90,10 @@ class TorchServeInference:
 
     async def predictions(self, request: Request) -> Response:
         params = request.path_params
-        find_model(self.dataplane, params["model"], params.get("version"))  # 404 / 503 before reading the body
+        # 404 / 503 before reading the body; one request is one job, of at most the model's batch size
+        limit = max_rows(find_model(self.dataplane, params["model"], params.get("version")))
         body = await read_body(request, self.max_request_size)
-        rows = request_rows(body, request.headers.get("content-type"))
+        rows = request_rows(body, request.headers.get("content-type"), limit)
         model = find_model(self.dataplane, params["model"], params.get("version"))
         replies = await self.dataplane.predict(model, rows)
         headers = {"x-request-id": str(uuid.uuid4()), **_HEADERS}
@@ -116,4 +118,4 @@ def frontend(dataplane: DataPlane, options: ServerOptions, port: int) -> HTTPFro
     auth = auth_for(dataplane, options.torchserve)
     if auth is not None:
         app = RequireToken(app, auth, "inference")
-    return HTTPFrontEnd(app, options.host_of("torchserve_inference"), port)
+    return HTTPFrontEnd(app, options.host_of("torchserve_inference"), port, options.http)

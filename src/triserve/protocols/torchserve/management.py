@@ -262,4 +262,4 @@ def frontend(dataplane: DataPlane, options: ServerOptions, port: int) -> HTTPFro
     app: Any = TorchServeManagement(dataplane, options.torchserve.enable_model_api, auth).app()
     if auth is not None:
         app = RequireToken(app, auth, "management")
-    return HTTPFrontEnd(app, options.host_of("torchserve_management"), port)
+    return HTTPFrontEnd(app, options.host_of("torchserve_management"), port, options.http)

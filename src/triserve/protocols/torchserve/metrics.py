@@ -79,4 +79,4 @@ def metrics_app(dataplane: DataPlane) -> Starlette:
 
 
 def frontend(dataplane: DataPlane, options: ServerOptions, port: int) -> HTTPFrontEnd:
-    return HTTPFrontEnd(metrics_app(dataplane), options.host_of("torchserve_metrics"), port)
+    return HTTPFrontEnd(metrics_app(dataplane), options.host_of("torchserve_metrics"), port, options.http)

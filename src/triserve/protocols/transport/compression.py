@@ -1,24 +1,9 @@
-"""HTTP pieces every front end shares: body decompression and response compression."""
+"""Response compression as the client accepts it (request bodies inflate in bodies.py)."""
 
 from __future__ import annotations
 
 import gzip
 import zlib
-
-from triserve.errors import invalid
-
-
-def decompress(body: bytes, encoding: str | None) -> bytes:
-    if not encoding or encoding == "identity":
-        return body
-    try:
-        if encoding == "gzip":
-            return gzip.decompress(body)
-        if encoding == "deflate":
-            return zlib.decompress(body)
-    except (OSError, EOFError, zlib.error) as e:
-        raise invalid(f"failed to decompress the request body as {encoding}: {e}") from None
-    raise invalid(f"unsupported Content-Encoding '{encoding}', expected gzip, deflate or identity")
 
 
 def choose_encoding(accept_encoding: str | None) -> str | None:

@@ -1,18 +1,24 @@
 """A grpc.aio server on the shared event loop, with raised message limits and the standard
-grpc.health.v1 service answering SERVING while the server is ready."""
+grpc.health.v1 service answering SERVING while the server is ready; services whose methods
+decode their own requests (a message that does not parse is INVALID_ARGUMENT, and a large one
+is parsed off the event loop)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Callable
+from typing import Any, AsyncIterator, Callable, Collection, Mapping
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from triserve.errors import Code
+from triserve.errors import Code, invalid
 from triserve.options import DEFAULT_GRPC_MAX_MESSAGE_BYTES
+from triserve.protocols.transport import offload
+
 GRACE_SECONDS = 30  # as long as the HTTP front end waits for in-flight requests
 HEALTH_REFRESH_SECONDS = 1.0
 
@@ -26,8 +32,141 @@ GRPC_STATUS = {
     Code.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
 }
 
+# What a call that failed inside the server answers; the log has the details (no reprs or paths in answers).
+INTERNAL_ERROR = "internal error: the server log has the details"
+
 # register(server) adds the servicers and returns their full service names (for health checks).
 Register = Callable[[grpc.aio.Server], list[str]]
+
+
+def add_service(server: grpc.aio.Server, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
+    """Serve `service` (its full name) with these method handlers, each through `decoding`."""
+    decoded = {method: decoding(handler) for method, handler in handlers.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, decoded),))
+    server.add_registered_method_handlers(service, decoded)
+
+
+def generated_handlers(add_to_server: Callable[[Any, Any], None], servicer: Any) -> dict[str, grpc.RpcMethodHandler]:
+    """The method handlers that a generated `add_*Servicer_to_server(servicer, server)` registers."""
+
+    class Capture:
+        def __init__(self) -> None:
+            self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+        def add_generic_rpc_handlers(self, generic_handlers) -> None:
+            pass  # the same handlers also come to add_registered_method_handlers
+
+        def add_registered_method_handlers(self, service: str, handlers) -> None:
+            self.handlers = dict(handlers)
+
+    capture = Capture()
+    add_to_server(servicer, capture)
+    return capture.handlers
+
+
+def decoding(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """The same method, taking the request bytes and parsing them itself: grpc would answer a
+    message that does not parse with UNKNOWN ("Unexpected DecodeError") and, in a stream, never
+    end it; here the call ends at once with INVALID_ARGUMENT. Large messages are parsed on a
+    worker thread, not on the event loop."""
+    parse = handler.request_deserializer
+    if parse is None:
+        return handler
+
+    async def decode(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await offload.run(len(data), parse, data)
+        except Exception:  # whatever the parser raises, it is about the client's bytes
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not {_a_valid(parse)}")
+
+    if handler.unary_unary is not None:
+        unary = handler.unary_unary
+
+        async def unary_unary(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+            return await unary(await decode(data, context), context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, None, handler.response_serializer)
+    if handler.stream_stream is not None:
+        stream = handler.stream_stream
+
+        async def stream_stream(messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def requests() -> AsyncIterator[Any]:
+                async for data in messages:
+                    yield await decode(data, context)
+
+            async for response in stream(requests(), context):
+                yield response
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, None, handler.response_serializer)
+    raise TypeError("only unary-unary and stream-stream methods are served")
+
+
+def _a_valid(parse: Callable[[bytes], Any]) -> str:
+    message = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
+    return f"a valid {message.full_name} message" if message is not None else "a valid request message"
+
+
+# -- requests read in two steps -------------------------------------------------------------
+def skimmed(message: type[Message], skip: Mapping[str, Collection[str]]) -> type[Message]:
+    """A class for the same wire message that leaves fields unread: `skip` names fields by the
+    full name of their message type. A skipped message field reads as its bytes (one copy, no
+    parsing; presence still shows), any other skipped field as unknown; `read_whole` gives the
+    complete message later. What takes a parser long (millions of BYTES elements) can so be
+    refused by the request's header alone."""
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(file: Any) -> None:
+        if file.name in added:
+            return
+        added.add(file.name)
+        for dependency in file.dependencies:
+            add(dependency)
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        _skip_fields(proto.message_type, proto.package, skip)
+        pool.Add(proto)
+
+    add(message.DESCRIPTOR.file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(message.DESCRIPTOR.full_name))
+
+
+def _skip_fields(types: Any, scope: str, skip: Mapping[str, Collection[str]]) -> None:
+    for proto in types:
+        name = f"{scope}.{proto.name}" if scope else proto.name
+        _skip_fields(proto.nested_type, name, skip)
+        fields = skip.get(name, ())
+        kept = []
+        for field in proto.field:
+            if field.name not in fields:
+                kept.append(field)
+            elif field.type == descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE:
+                # bytes, alone in a oneof: a oneof member keeps presence (HasField) in proto3
+                field.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
+                field.ClearField("type_name")
+                field.oneof_index = len(proto.oneof_decl)
+                proto.oneof_decl.add(name=f"skipped_{field.name}")
+                kept.append(field)
+        del proto.field[:]
+        proto.field.extend(kept)
+
+
+def read_whole(skimmed_request: Message, message: type[Message]) -> Message:
+    """The complete message from a skimmed one (its unread bytes parsed now): slow for large
+    messages, so call it through offload.run."""
+    try:
+        return message.FromString(skimmed_request.SerializeToString())
+    except Exception:  # the unread bytes were never checked: they may not parse
+        raise invalid(f"the request is not a valid {message.DESCRIPTOR.full_name} message") from None
+
+
+def check_bytes_elements(count: int, limit: int) -> None:
+    """A request's BYTES elements (one Python object each once read) are capped before any is read."""
+    if count > limit:
+        raise invalid(
+            f"the request has {count} BYTES tensor elements, more than the {limit} allowed in one gRPC"
+            " request (--grpc-max-bytes-elements)"
+        )
 
 
 class ReadinessHealth(HealthServicer):
