@@ -28,10 +28,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                           " the manual run: 7200)")
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, never one handed out before in this run: the OS may offer the
+    port it just offered again, and two front ends asked for ports in a row would then collide."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 class RunningServer:
@@ -47,7 +56,7 @@ class RunningServer:
             [sys.executable, "-m", "triserve", "serve", *args], stdout=self._log, stderr=subprocess.STDOUT, env=env
         )
 
-    def wait_ready(self, timeout: float = 120, marker: str = "triserve ready") -> None:
+    def wait_ready(self, timeout: float = 300, marker: str = "triserve ready") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if marker in self.log():
@@ -70,6 +79,13 @@ class RunningServer:
                 self.process.wait()
         self._log.close()
         return self.process.returncode
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory) -> None:
+    """Each run starts with an empty triserve cache (batch calibrations), in this process and the
+    servers it starts, so no run depends on what an earlier one measured on this machine."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from triserve.backends import cpu_count
+
 # Slow tier: the benchmark: servers, load generators and real models.
 pytestmark = pytest.mark.slow
 
@@ -58,10 +60,30 @@ def test_grpc_and_torchserve_sections(example_repo):
     assert re.search(r"aim: TorchServe .* concurrency 1 [\d.]+, concurrency 8 [\d.]+: (met|NOT met)", summary)
 
 
+def test_sweep_and_openvino_sections(example_repo):
+    done = bench(example_repo, "--sections", "sweep,openvino", "--seconds", "0.3")
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = table_rows(done.stdout)
+    wide = f"1 instance x {cpu_count()} threads"
+    labels = [f"served {layout}, concurrency {c}" for layout in ("default layout", wide)
+              for c in (1, 2, 4, 8, 16, 32)]
+    labels += ["served OpenVINO, binary HTTP, concurrency 1", "served OpenVINO, binary HTTP, concurrency 8"]
+    labels += [label for label in rows if label.startswith("raw OpenVINO efficientnet_lite0_onnx_openvino")]
+    assert any(label.startswith("raw OpenVINO") for label in labels), done.stdout
+    for label in labels:
+        assert label in rows, f"no row {label!r} in:\n{done.stdout}"
+        assert all(v > 0 for v in rows[label]), (label, rows[label])
+    summary = done.stdout.split("## summary", 1)[1]
+    assert re.search(r"aim: default layout loses at most 10% from its best point .*: (met|NOT met)", summary)
+    assert re.search(rf"aim: {wide} loses at most 10% .*: (met|NOT met)", summary)
+    assert re.search(r"openvino: raw OpenVINO / raw onnxruntime: [\d.]+", summary)
+    assert re.search(r"aim: served OpenVINO at least 0.9 of raw OpenVINO: concurrency 1 [\d.]+, concurrency 8 [\d.]+", summary)
+
+
 def test_unknown_section_is_refused(example_repo):
     done = bench(example_repo, "--sections", "onnx,bogus")
     assert done.returncode == 2
-    assert "unknown section(s) bogus; choose from onnx,grpc,torchserve,backends" in done.stderr
+    assert "unknown section(s) bogus; choose from onnx,grpc,torchserve,backends,sweep,openvino" in done.stderr
 
 
 def test_missing_archive_fails_its_section_only(example_repo):

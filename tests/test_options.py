@@ -47,6 +47,8 @@ def test_http_limits_and_logging():
     defaults = options().http
     assert (defaults.max_input_size, defaults.max_headers, defaults.max_header_size) == (64 * 1024 * 1024, 100, 65536)
     assert (defaults.header_timeout, defaults.max_connections, defaults.access_log) == (30.0, 1000, True)
+    assert defaults.body_timeout == 30.0
+    assert options("--http-body-timeout", "4.5").http.body_timeout == 4.5
     assert options().log_format == "text"
     chosen = options("--http-max-input-size", "1024", "--http-max-headers", "20", "--http-max-header-size", "8192",
                      "--http-header-timeout", "2.5", "--http-max-connections", "50", "--no-access-log",
@@ -54,7 +56,7 @@ def test_http_limits_and_logging():
     assert (chosen.http.max_input_size, chosen.http.max_headers, chosen.http.max_header_size) == (1024, 20, 8192)
     assert (chosen.http.header_timeout, chosen.http.max_connections, chosen.http.access_log) == (2.5, 50, False)
     assert chosen.log_format == "json"
-    for flag in ("--http-max-input-size", "--http-header-timeout", "--http-max-connections"):
+    for flag in ("--http-max-input-size", "--http-header-timeout", "--http-body-timeout", "--http-max-connections"):
         with pytest.raises(SystemExit):
             options(flag, "0")
 
@@ -126,3 +128,35 @@ def test_a_bad_address_in_ts_config_is_a_clear_error(tmp_path):
     with pytest.raises(ServerError) as e:
         options("--ts-config", str(path))
     assert "HTTPS listeners are not supported" in e.value.message
+
+
+def test_a_model_snapshot_loads_its_models_with_their_settings(tmp_path):
+    """KServe's config.properties names its models in `model_snapshot` (TorchServe restores it at start)."""
+    path = tmp_path / "config.properties"
+    path.write_text('model_store=/srv/store\nmodel_snapshot={"name":"startup.cfg","modelCount":2,"models":{'
+                    '"mnist":{"1.0":{"defaultVersion":true,"marName":"mnist.mar","minWorkers":3,"batchSize":2}},'
+                    '"bert":{"2.0":{"marName":"bert_v2.mar","minWorkers":1}}}}\n'
+                    'models={"bert":{"2.0":{"minWorkers":4}}}\n')
+    chosen = options("--ts-config", str(path))
+    assert chosen.archives.models == ("mnist=mnist.mar", "bert=bert_v2.mar")
+    assert chosen.archives.models_config["mnist"]["1.0"]["minWorkers"] == 3
+    assert chosen.archives.models_config["bert"]["2.0"] == {"minWorkers": 4}  # `models` wins over the snapshot
+    assert options("--ts-config", str(path), "--models", "other.mar").archives.models == ("other.mar",)
+    path.write_text("model_snapshot={not json\n")
+    with pytest.raises(ServerError) as e:
+        options("--ts-config", str(path))
+    assert "'model_snapshot' is not valid JSON" in e.value.message
+
+
+def test_allow_model_code_and_its_torchserve_alias_set_the_same_option():
+    assert not options().archives.allow_custom_handlers
+    assert options("--allow-model-code").archives.allow_custom_handlers
+    assert options("--allow-custom-handlers").archives.allow_custom_handlers
+
+
+def test_batch_calibration():
+    assert options().batch_calibration == "on"
+    assert options("--batch-calibration", "off").batch_calibration == "off"
+    assert options("--batch-calibration", "remeasure").batch_calibration == "remeasure"
+    with pytest.raises(SystemExit):
+        options("--batch-calibration", "sometimes")

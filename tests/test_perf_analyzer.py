@@ -22,7 +22,7 @@ MODEL = "efficientnet_lite0_onnx"
 @pytest.fixture(scope="module")
 def server(start_server, example_repo):
     assert PERF_ANALYZER.exists(), "run scripts/setup-perf-analyzer (scripts/test does)"
-    return start_server("--model-repository", example_repo, frontends=("http", "grpc"))
+    return start_server("--model-repository", example_repo, "--allow-client-shm", "true", frontends=("http", "grpc"))
 
 
 def run(*args: str) -> str:
@@ -57,3 +57,12 @@ def test_perf_analyzer_over_grpc(server):
     output = run("-i", "grpc", "-u", f"127.0.0.1:{server.ports['grpc']}", "--concurrency-range", "2")
     (block,) = server_blocks(output)
     assert block["requests"] > 0
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_perf_analyzer_sends_and_receives_tensors_through_system_shared_memory(server, protocol):
+    url = server.url if protocol == "http" else f"127.0.0.1:{server.ports['grpc']}"
+    output = run("-i", protocol, "-u", url, "--shared-memory", "system", "--concurrency-range", "2")
+    (block,) = server_blocks(output)
+    assert block["requests"] > 0 and block["inferences"] >= block["requests"]
+    assert re.search(r"Concurrency: 2, throughput: [\d.]+ infer/sec", output)

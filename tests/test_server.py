@@ -117,3 +117,73 @@ def test_every_front_end_has_a_builder():
     for spec in BUILDERS.values():
         module, _, function = spec.partition(":")
         assert callable(getattr(importlib.import_module(module), function)), spec
+
+
+def ready_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("triserve ready: ")]
+
+
+async def started(server: Server, port: int, caplog) -> str:
+    """The ready line of `server`, once its front ends listen (the deadline only bounds a hang)."""
+    running = asyncio.create_task(server.run())
+    async with asyncio.timeout(120):
+        while not ready_lines(caplog):
+            assert not running.done(), running.result()
+            await asyncio.sleep(0.05)
+    server.stop()
+    assert await running == 0
+    (line,) = ready_lines(caplog)
+    return line
+
+
+@pytest.mark.anyio
+async def test_the_ready_line_says_all_models_are_ready(tmp_path, caplog):
+    caplog.set_level("INFO", logger="triserve")
+    port = free_port()
+    line = await started(Server(ServerOptions(model_repositories=(tiny_repository(tmp_path),), ports=only_http(port))),
+                         port, caplog)
+    assert line == f"triserve ready: KServe v2 HTTP on 127.0.0.1:{port}; all 3 models ready"
+
+
+@pytest.mark.anyio
+async def test_the_ready_line_names_failed_models_and_their_reasons(tmp_path, caplog):
+    caplog.set_level("INFO", logger="triserve")
+    repo = tiny_repository(tmp_path)
+    (repo / "broken" / "1").mkdir(parents=True)
+    (repo / "broken" / "1" / "model.onnx").write_bytes(b"not an onnx graph")
+    port = free_port()
+    line = await started(Server(ServerOptions(model_repositories=(repo,), ports=only_http(port))), port, caplog)
+    assert line.startswith(f"triserve ready: KServe v2 HTTP on 127.0.0.1:{port}; 1 of 4 models failed to load"
+                           " (/v2/health/ready answers 503 until they load: --strict-readiness): broken: ")
+    assert [r.levelname for r in caplog.records if r.getMessage() == line] == ["WARNING"]
+    assert len(line) > len("...broken: ") and str(tmp_path) not in line
+
+
+@pytest.mark.anyio
+async def test_explicit_mode_loads_the_archives_models_names_and_load_model_names(tmp_path, caplog):
+    from tests.inprocess import doubler_onnx
+    from triserve.archiver import write_archive
+
+    caplog.set_level("INFO", logger="triserve")
+    doubler_onnx(tmp_path / "doubler.onnx")
+    store = tmp_path / "store"
+    write_archive("twice", "1.0", "base_handler", store, serialized_file=str(tmp_path / "doubler.onnx"))
+    port = free_port()
+    options = from_args(parser().parse_args([
+        "serve", "--model-repository", str(tiny_repository(tmp_path)), "--model-store", str(store),
+        "--models", "twice=twice.mar", "--model-control-mode", "explicit", "--load-model", "simple",
+        *[arg for name, p in only_http(port).items() for arg in (f"--{name.replace('_', '-')}-port", str(p))],
+    ]))
+    server = Server(options)
+    line = await started(server, port, caplog)
+    assert line.endswith("; all 2 models ready")
+    loaded = sorted(r.getMessage().split(" version")[0] for r in caplog.records if r.getMessage().startswith("loaded"))
+    assert loaded == ["loaded model 'simple'", "loaded model 'twice'"]  # explicit: 'scores' was not asked
+    assert server.dataplane.status("twice").state == "READY" and not server.dataplane.status("scores").state
+
+
+def test_the_batch_calibration_mode_and_its_cache_reach_the_model_manager(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    dataplane = build_dataplane(from_args(parser().parse_args(["serve", "--batch-calibration", "remeasure"])))
+    calibration = dataplane.manager.calibration
+    assert (calibration.mode, calibration.cache_dir) == ("remeasure", tmp_path / "cache" / "triserve")

@@ -158,9 +158,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-file", help="eager mode: Python file with the model class (needs --allow-custom-handlers to serve)")
     p.add_argument("--handler", required=True, help="built-in handler name (image_classifier, base_handler) or handler file")
     p.add_argument("--extra-files", help="comma-separated extra files (globs and folders allowed)")
-    p.add_argument("--runtime", default="python", choices=["python", "python3", "LSP"])
+    p.add_argument("--runtime", default="python", choices=["python", "python3", "LSP"],
+                   help="the runtime recorded in the manifest (default python)")
     p.add_argument("--export-path", default=os.getcwd(), help="where the archive is written (default: current folder)")
-    p.add_argument("--archive-format", default="default", choices=["tgz", "no-archive", "zip-store", "default"])
+    p.add_argument("--archive-format", default="default", choices=["tgz", "no-archive", "zip-store", "default"],
+                   help="default: a .mar zip; tgz: a .tar.gz; no-archive: a folder; zip-store: an uncompressed .mar"
+                        " (default default)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing archive")
     p.add_argument("-v", "--version", required=True, help="model version, e.g. 1.0")
     p.add_argument("-r", "--requirements-file", help="requirements.txt (stored, never installed by triserve)")

@@ -39,6 +39,14 @@ def internal(message: str) -> ServerError:
     return ServerError(message, Code.INTERNAL)
 
 
+class QueueFull(ServerError):
+    """A model's queue is full: UNAVAILABLE (Triton and TorchServe answer 503); TF Serving's
+    adapter answers RESOURCE_EXHAUSTED (429), as TF Serving does."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, Code.UNAVAILABLE)
+
+
 class StatusError(ServerError):
     """An error with an explicit HTTP status (TorchServe's PredictionException and friends)."""
 

@@ -22,6 +22,8 @@ FRONTENDS: dict[str, tuple[int, str]] = {
     "torchserve_inference": (8080, "TorchServe inference"),
     "torchserve_management": (8081, "TorchServe management"),
     "torchserve_metrics": (8082, "TorchServe metrics"),
+    "torchserve_grpc_inference": (7070, "TorchServe gRPC inference"),
+    "torchserve_grpc_management": (7071, "TorchServe gRPC management"),
 }
 DEFAULT_PORTS = MappingProxyType({name: port for name, (port, _) in FRONTENDS.items()})
 DEFAULT_HOST = "127.0.0.1"
@@ -37,6 +39,8 @@ DEFAULT_MAX_ARCHIVE_RATIO = 200  # uncompressed / compressed, per entry and per 
 @dataclass(frozen=True)
 class KServeOptions:
     strict_readiness: bool = True  # ready only when every model asked to load is ready
+    allow_client_shm: bool = False  # clients may register system shared memory regions
+    trace_config: tuple[str, ...] = ()  # --trace-config entries, Triton's syntax
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class HTTPOptions:
     max_headers: int = 100  # header fields in one request
     max_header_size: int = 64 * 1024  # request line and header fields together, in bytes
     header_timeout: float = 30.0  # seconds from a request's first byte (or the connection) to its last header
+    body_timeout: float = 30.0  # seconds a request body may take after its headers, plus one per 500 bytes received
     max_connections: int = 1000  # open connections per front end; requests on more get 503
     access_log: bool = True  # one info line per request on the logger triserve.access
 
@@ -64,6 +69,8 @@ class TorchServeOptions:
     enable_token_auth: bool = False
     token_key_file: Path = Path("key_file.json")
     token_expiration_min: int = 60
+    metrics_mode: str = "prometheus"  # config.properties metrics_mode: prometheus (the metrics API) or log
+    metric_time_interval: int = 60  # seconds between the host metrics TorchServe logs (log mode)
     # front end name -> the address it binds, where config.properties gave one
     hosts: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -87,7 +94,7 @@ class ArchiveOptions:
 
     model_store: Path | None = None
     models: tuple[str, ...] = ()  # --models / load_models entries: NAME=FILE, FILE or all
-    allow_custom_handlers: bool = False
+    allow_custom_handlers: bool = False  # --allow-model-code (alias --allow-custom-handlers): API-delivered model code runs
     allowed_url_hosts: tuple[str, ...] = ()
     default_workers: int | None = None  # None: the core's default
     job_queue_size: int = DEFAULT_JOB_QUEUE_SIZE
@@ -110,8 +117,12 @@ class ServerOptions:
     load_models: tuple[str, ...] = ()  # explicit mode: what loads at start
     repository_poll_secs: float = 15.0
     exit_on_error: bool = False
+    batch_calibration: str = "on"  # on, off or remeasure (core/warmup.py)
+    single_port: int = 0  # --single-port: every HTTP API on this port (0: each on its own port)
+    exit_timeout_secs: float = 30.0  # on SIGTERM, how long in-flight requests may take to finish
     log_level: str = "info"
     log_format: str = "text"  # text, or json: one JSON object per line
+    log_file: str = ""  # "" for stderr
     http: HTTPOptions = HTTPOptions()
     kserve: KServeOptions = KServeOptions()
     grpc: GRPCOptions = GRPCOptions()
@@ -127,10 +138,16 @@ def from_args(args: argparse.Namespace) -> ServerOptions:
     """The options of `triserve serve`; a broken --ts-config raises ServerError."""
     values: dict[str, Any] = dict(vars(args))
     ports = {name: values[f"{name}_port"] for name in FRONTENDS}
+    if values.get("model_repository"):
+        from triserve.repository import layout
+
+        layout.apply(values)  # a TorchServe, TF Serving or single-model folder is served as its layout needs
     if values.get("ts_config"):
         from triserve import ts_config
 
         ts_config.apply(Path(values["ts_config"]), values, ports, dict(DEFAULT_PORTS), values["host"], DEFAULT_HOST)
+    if values.get("models_default_all") and not values.get("models"):
+        values["models"] = ["all"]
     hosts = [h.strip() for entry in values.get("allowed_url_hosts") or [] for h in entry.split(",") if h.strip()]
     models = [m.strip() for entry in values.get("models") or [] for m in str(entry).split(",") if m.strip()]
     return ServerOptions(
@@ -141,17 +158,26 @@ def from_args(args: argparse.Namespace) -> ServerOptions:
         load_models=tuple(values["load_model"]),
         repository_poll_secs=values["repository_poll_secs"],
         exit_on_error=values["exit_on_error"],
+        batch_calibration=values.get("batch_calibration") or "on",
+        single_port=values.get("single_port") or 0,
+        exit_timeout_secs=values.get("exit_timeout_secs") or 30.0,
         log_level=values["log_level"],
         log_format=values.get("log_format") or "text",
+        log_file=values.get("log_file") or "",
         http=HTTPOptions(
             max_input_size=values.get("http_max_input_size") or DEFAULT_HTTP_MAX_INPUT_SIZE,
             max_headers=values.get("http_max_headers") or HTTPOptions.max_headers,
             max_header_size=values.get("http_max_header_size") or HTTPOptions.max_header_size,
             header_timeout=values.get("http_header_timeout") or HTTPOptions.header_timeout,
+            body_timeout=values.get("http_body_timeout") or HTTPOptions.body_timeout,
             max_connections=values.get("http_max_connections") or HTTPOptions.max_connections,
             access_log=not values.get("no_access_log"),
         ),
-        kserve=KServeOptions(strict_readiness=values["strict_readiness"]),
+        kserve=KServeOptions(
+            strict_readiness=values["strict_readiness"],
+            allow_client_shm=bool(values.get("allow_client_shm")),
+            trace_config=tuple(values.get("trace_config") or ()),
+        ),
         grpc=GRPCOptions(
             max_message_bytes=values["grpc_max_message_bytes"],
             max_bytes_elements=values.get("grpc_max_bytes_elements") or DEFAULT_GRPC_MAX_BYTES_ELEMENTS,
@@ -162,6 +188,8 @@ def from_args(args: argparse.Namespace) -> ServerOptions:
             enable_token_auth=bool(values.get("enable_token_auth")),
             token_key_file=Path(values.get("token_key_file") or "key_file.json"),
             token_expiration_min=int(values.get("token_expiration_min") or 60),
+            metrics_mode=values.get("metrics_mode") or "prometheus",
+            metric_time_interval=int(values.get("metric_time_interval") or 60),
             hosts=MappingProxyType(dict(values.get("torchserve_hosts") or {})),
         ),
         tfserving=TFServingOptions(

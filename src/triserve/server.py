@@ -8,9 +8,11 @@ import logging
 import signal
 from typing import Protocol
 
+from triserve import shared_listener
 from triserve.core.catalog import Catalog
 from triserve.core.dataplane import DataPlane
 from triserve.core.manager import ModelManager
+from triserve.core.warmup import BatchCalibration, default_cache_dir
 from triserve.errors import ServerError
 from triserve.options import FRONTENDS, ServerOptions
 
@@ -26,6 +28,8 @@ BUILDERS: dict[str, str] = {
     "torchserve_inference": "triserve.protocols.torchserve.inference:frontend",
     "torchserve_management": "triserve.protocols.torchserve.management:frontend",
     "torchserve_metrics": "triserve.protocols.torchserve.metrics:frontend",
+    "torchserve_grpc_inference": "triserve.protocols.torchserve.grpc:inference_frontend",
+    "torchserve_grpc_management": "triserve.protocols.torchserve.grpc:management_frontend",
 }
 
 
@@ -48,7 +52,8 @@ def build_dataplane(options: ServerOptions) -> DataPlane:
     if options.model_repositories:
         catalogs.append(TritonRepositories(list(options.model_repositories)))
     tfserving = options.tfserving
-    if tfserving.model_name and not tfserving.base_path:
+    if tfserving.model_name and not tfserving.base_path and not options.model_repositories and not options.archives.enabled:
+        # (with a --model-repository, --model-name names a bare model there and is otherwise unused)
         raise ServerError("--model-name needs --model-base-path")
     models_conf = None
     if tfserving.enabled:
@@ -68,6 +73,7 @@ def build_dataplane(options: ServerOptions) -> DataPlane:
         control_mode=options.model_control_mode,
         uploads=UploadedModels(),
         allow_custom_code=options.archives.allow_custom_handlers,
+        calibration=BatchCalibration(options.batch_calibration, default_cache_dir()),
     )
     return DataPlane(manager, options.kserve.strict_readiness, registry=archives, configurable=models_conf)
 
@@ -78,36 +84,129 @@ class Server:
         self.dataplane = build_dataplane(options)
         self.manager = self.dataplane.manager
         self.frontends: list[tuple[str, int, FrontEnd]] = []
+        self.console = None  # the web console and API docs, on the v2 HTTP port (console.Console)
         self._stopping = asyncio.Event()
+        self.forced = False  # the grace period ended with models still busy: exit without waiting for them
 
     def stop(self) -> None:
+        self.dataplane.serving = False  # readiness answers 503 at once, while in-flight requests finish
         self._stopping.set()
 
-    async def run(self) -> int:
-        failed = await self.manager.start(list(self.options.load_models))
-        if failed and self.options.exit_on_error:
-            log.error("exiting: model(s) failed to load: %s (--exit-on-error)", ", ".join(failed))
-            await self.manager.close()
-            return 1
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stop)
-        code = 0
+    def _startup_models(self) -> list[str]:
+        """What explicit mode loads at start: --load-model's models, and the archives --models
+        named (TorchServe loads those at start whatever else is asked). Other modes load all."""
+        names = list(self.options.load_models)
+        if self.options.model_control_mode == "explicit" and self.dataplane.registry is not None and "*" not in names:
+            names += [n for n in self.dataplane.registry.names() if n not in names]
+        return names
+
+    def _build(self, name: str, port: int) -> FrontEnd:
+        module, _, function = BUILDERS[name].partition(":")
+        builder = getattr(importlib.import_module(module), function)
+        if name == "http":  # the web console shares the v2 HTTP port
+            from triserve.console import Console
+
+            self.console = Console(self.dataplane, self.options.ports, self.options.http.max_input_size)
+            self.console.sampler.start()  # the traffic history, from the start
+            return builder(self.dataplane, self.options, port, extra_routes=self.console.routes())
+        frontend = builder(self.dataplane, self.options, port)
+        if self.console is not None:
+            self.console.add_api(name, frontend)  # its OpenAPI document, served on the v2 port
+        return frontend
+
+    def _listening(self) -> list[tuple[str, str, int]]:
+        titles = {title: name for name, (_, title) in FRONTENDS.items()}
+        return [(titles[title.split(" and ")[0]], title, port) for title, port, _ in self.frontends]
+
+    def _reason(self, name: str) -> str:
+        entry = self.manager.entries.get(name)
+        if entry is None:
+            return "no model source has a model of that name"
+        return entry.reason or "failed to load"
+
+    def _models_summary(self, failed: list[str]) -> tuple[str, bool]:
+        """The ready line's account of the models: all ready, or which failed and why."""
+        asked = {n for n, entry in self.manager.entries.items() if entry.state} | set(failed)
+        if not failed:
+            if not asked:
+                return "no models loaded" + (" (explicit mode: load them with the repository API)"
+                                             if self.options.model_control_mode == "explicit" else ""), True
+            return f"all {len(asked)} model{'s' if len(asked) != 1 else ''} ready", True
+        reasons = "; ".join(f"{n}: {self._reason(n)}" for n in failed)
+        readiness = (" (/v2/health/ready answers 503 until they load: --strict-readiness)"
+                     if self.options.kserve.strict_readiness else "")
+        return f"{len(failed)} of {len(asked)} models failed to load{readiness}: {reasons}", False
+
+    def _graceful(self, frontend: FrontEnd) -> FrontEnd:
+        """`frontend`, giving its in-flight requests --exit-timeout-secs to finish on stop()."""
+        grace = self.options.exit_timeout_secs
+        for part in (frontend, getattr(frontend, "http", None)):  # TorchServe metrics wraps an HTTP front end
+            if hasattr(part, "grace"):
+                part.grace = grace  # gRPC
+            config = getattr(getattr(part, "server", None), "config", None)
+            if hasattr(config, "timeout_graceful_shutdown"):
+                config.timeout_graceful_shutdown = grace  # uvicorn
+        return frontend
+
+    def _planned(self) -> list[tuple[str, int, list[str]]]:
+        """(title, port, the front ends served together there) for every listener to start."""
+        if self.options.single_port:
+            planned = [(self.options.single_port, list(shared_listener.SINGLE_PORT_HTTP))]
+            if self.options.ports.get("grpc", 0):
+                planned.append((self.options.ports["grpc"], list(shared_listener.SINGLE_PORT_GRPC)))
+            planned += [(self.options.ports.get(n, 0), [n]) for n in shared_listener.SINGLE_PORT_APART]
+        else:
+            shared = shared_listener.groups(self.options)  # TorchServe APIs on one address: one listener
+            planned = [(self.options.ports.get(name, 0), [name, *shared.get(name, [])]) for name in FRONTENDS
+                       if not any(name in others for others in shared.values())]
+        # port 0 switches a front end off
+        return [(" and ".join(FRONTENDS[n][1] for n in names), port, names) for port, names in planned if port]
+
+    async def _start_frontends(self) -> int:
         try:
-            for name, (_, title) in FRONTENDS.items():
-                port = self.options.ports.get(name, 0)
-                if port == 0:
-                    continue  # port 0 switches a front end off
-                module, _, function = BUILDERS[name].partition(":")
-                frontend = getattr(importlib.import_module(module), function)(self.dataplane, self.options, port)
-                await frontend.start()
+            for title, port, names in self._planned():
+                together = {name: self._build(name, port) for name in names}
+                if self.options.single_port and len(names) > 1:
+                    frontend = (shared_listener.single_http(self.options, together) if names[0] == "http"
+                                else shared_listener.single_grpc(self.options, port, together))
+                elif len(names) > 1:
+                    frontend = shared_listener.combine(self.options, port, together)
+                else:
+                    frontend = together[names[0]]
+                await self._graceful(frontend).start()
                 self.frontends.append((title, port, frontend))
         except OSError as e:
             log.error("could not start: %s", e)
-            code = 1
-        else:
-            urls = ", ".join(f"{title} on {self.options.host}:{port}" for title, port, _ in self.frontends)
-            log.info("triserve ready: %s", urls)
+            return 1
+        return 0
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        code = 0
+        if self.options.single_port:
+            # KServe and Knative probe while models load: listen first, ready (200) only once they are.
+            self.dataplane.serving = False
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.stop)
+            code = await self._start_frontends()
+        failed: list[str] = []
+        if code == 0:
+            failed = await self.manager.start(self._startup_models())
+        if failed and self.options.exit_on_error:
+            log.error("exiting: model(s) failed to load: %s (--exit-on-error)", ", ".join(failed))
+            await asyncio.gather(*(f.stop() for _, _, f in self.frontends), return_exceptions=True)
+            await self.manager.close()
+            return 1
+        if not self.options.single_port:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.stop)
+            code = await self._start_frontends()
+        elif not self._stopping.is_set():
+            self.dataplane.serving = True
+        if code == 0:
+            urls = ", ".join(f"{title} on {self.options.host_of(n)}:{port}" for n, title, port in self._listening())
+            summary, all_ready = self._models_summary(failed)
+            (log.info if all_ready else log.warning)("triserve ready: %s; %s", urls, summary)
             poller = None
             if self.options.model_control_mode == "poll":
                 poller = asyncio.create_task(self.manager.poll_forever(self.options.repository_poll_secs))
@@ -123,15 +222,23 @@ class Server:
             for task in pollers:
                 task.cancel()
             log.info("shutting down: finishing in-flight requests")
+        deadline = loop.time() + self.options.exit_timeout_secs
         await asyncio.gather(*(f.stop() for _, _, f in self.frontends), return_exceptions=True)
-        await self.manager.close()
+        if self.console is not None:
+            await self.console.sampler.stop()
+        try:  # what the front ends left of the grace period (a model still executing may not end)
+            await asyncio.wait_for(self.manager.close(), max(deadline - loop.time(), 1.0))
+        except TimeoutError:
+            log.warning("models still busy after --exit-timeout-secs (%gs): exiting without them",
+                        self.options.exit_timeout_secs)
+            self.forced = True
         return code
 
 
 def serve(options: ServerOptions) -> int:
     from triserve import logs
 
-    logs.configure(options.log_level, options.log_format)
+    logs.configure_runtime(options.log_level, options.log_format, options.log_file)
     import uvloop
 
     from triserve.core.memory import limit_arenas
@@ -142,4 +249,10 @@ def serve(options: ServerOptions) -> int:
     except ServerError as e:  # a model source that cannot be read at all (e.g. a broken models.conf)
         log.error("could not start: %s", e.message)
         return 1
-    return uvloop.run(server.run())
+    code = uvloop.run(server.run())
+    if server.forced:  # threads still inside a model would keep the interpreter from exiting
+        import os
+
+        logging.shutdown()
+        os._exit(code)
+    return code

@@ -77,8 +77,19 @@ def apply(path: Path, settings: dict[str, Any], ports: dict[str, int], default_p
                 ports[frontend] = file_port
             if host == default_host:
                 hosts[frontend] = file_host
+    for key, frontend in (("grpc_inference_port", "torchserve_grpc_inference"),
+                          ("grpc_management_port", "torchserve_grpc_management")):
+        if key in values and ports.get(frontend) == default_ports.get(frontend):
+            try:
+                ports[frontend] = int(values[key])
+            except ValueError:
+                raise invalid(f"{key}={values[key]}: invalid port") from None
     if values.get("model_store") and not settings.get("model_store"):
         settings["model_store"] = values["model_store"]
+    snapshot = _snapshot(values, path)  # TorchServe restores a model_snapshot before load_models
+    if snapshot and not settings.get("models"):
+        settings["models"] = [f"{name}={entry['marName']}" for name, versions in snapshot.items()
+                              for entry in versions.values() if entry.get("marName")]
     load_models = values.get("load_models", "").strip()
     if load_models and load_models.lower() not in ("standalone", "n/a") and not settings.get("models"):
         settings["models"] = [m.strip() for m in load_models.split(",") if m.strip()]
@@ -98,12 +109,36 @@ def apply(path: Path, settings: dict[str, Any], ports: dict[str, int], default_p
             raise invalid(f"{path}: 'models' is not valid JSON: {e}") from None
         if not isinstance(models, dict):
             raise invalid(f"{path}: 'models' must be a JSON object of model name -> version -> settings")
-        settings["ts_models_config"] = models
+        settings["ts_models_config"] = {**snapshot, **models}
+    elif snapshot:
+        settings["ts_models_config"] = snapshot  # minWorkers, batchSize, maxBatchDelay per version
+    if "metrics_mode" in values:
+        mode = values["metrics_mode"].strip().lower()
+        if mode not in ("prometheus", "log"):
+            raise invalid(f"metrics_mode={values['metrics_mode']}: expected prometheus or log")
+        settings["metrics_mode"] = mode
+    if "metric_time_interval" in values:
+        settings["metric_time_interval"] = _positive(values["metric_time_interval"], "metric_time_interval")
     if "allowed_urls" in values:
         log.warning("%s: allowed_urls (regular expressions) is not used; allow exact hosts with --allowed-url-hosts", path)
     unknown = sorted(k for k in values if k not in _KNOWN and k != "allowed_urls")
     if unknown:
         log.warning("%s: keys not used by triserve: %s", path, ", ".join(unknown))
+
+
+def _snapshot(values: dict[str, str], path: Path) -> dict[str, Any]:
+    """config.properties `model_snapshot` (what KServe's TorchServe runtime gives): its models,
+    name -> version -> {marName, minWorkers, batchSize, maxBatchDelay, ...}."""
+    if not values.get("model_snapshot"):
+        return {}
+    try:
+        snapshot = json.loads(values["model_snapshot"])
+    except ValueError as e:
+        raise invalid(f"{path}: 'model_snapshot' is not valid JSON: {e}") from None
+    models = snapshot.get("models") if isinstance(snapshot, dict) else None
+    if not isinstance(models, dict) or not all(isinstance(v, dict) for v in models.values()):
+        raise invalid(f"{path}: 'model_snapshot' must have \"models\": model name -> version -> settings")
+    return models
 
 
 def _positive(value: str, key: str) -> int:
@@ -118,4 +153,4 @@ def _positive(value: str, key: str) -> int:
 
 _DEFAULTS = {"max_request_size": 6553500, "job_queue_size": 100, "token_expiration_min": 60}
 _KNOWN = {*ADDRESS_KEYS, "model_store", "load_models", "default_workers_per_model", "models", "enable_model_api",
-          "disable_token_authorization", *_DEFAULTS}
+          "disable_token_authorization", "model_snapshot", "grpc_inference_port", "grpc_management_port", "metrics_mode", "metric_time_interval", *_DEFAULTS}

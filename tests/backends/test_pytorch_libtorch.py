@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List, Tuple
 
 import httpx
 import numpy as np
@@ -200,3 +200,90 @@ def test_thread_pools_are_set_once_for_the_process(torch_server):
     # Two CPU instances per model share the cores: one intra-op thread each on two cores.
     intra = max(1, cpu_count() // 2)
     assert f"torch: {intra} intra-op thread(s), 1 inter-op thread(s) for the whole process" in torch_server.log()
+
+
+# -- strings: List[str] in and out, as Triton's pytorch backend binds TYPE_STRING ---------------
+
+class Shout(nn.Module):
+    def forward(self, words: List[str], scale: torch.Tensor) -> Tuple[List[str], torch.Tensor]:
+        return [w.upper() + "!" for w in words], scale * 2
+
+
+class Echo(nn.Module):
+    def forward(self, words: List[str]) -> List[str]:
+        return words
+
+
+def _string_model(tmp_path: Path, module: nn.Module, config: str):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from triserve.backends import InstanceSettings
+    from triserve.backends import pytorch_libtorch as backend
+
+    torch.jit.script(module).save(str(tmp_path / "model.pt"))
+    parsed = text_format.Parse(f'name: "strings" platform: "pytorch_libtorch" {config}', mc.ModelConfig())
+    return backend.load(parsed, tmp_path / "model.pt", InstanceSettings())
+
+
+def _bytes(*items: bytes) -> np.ndarray:
+    array = np.empty(len(items), dtype=np.object_)
+    array[:] = items
+    return array
+
+
+SHOUT_CONFIG = """max_batch_size: 0
+input [ { name: "words" data_type: TYPE_STRING dims: [ -1 ] }, { name: "scale" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "OUT__0" data_type: TYPE_STRING dims: [ -1 ] }, { name: "SCALED__1" data_type: TYPE_FP32 dims: [ 1 ] } ]"""
+
+
+def test_string_inputs_and_outputs_are_lists_of_str(tmp_path):
+    model = _string_model(tmp_path, Shout(), SHOUT_CONFIG)
+    out = model.run({"words": _bytes(b"he\x00llo", b"b'1'", b""), "scale": np.ones(1, np.float32)}, ["OUT__0", "SCALED__1"])
+    assert out["OUT__0"].dtype == np.object_ and out["OUT__0"].tolist() == [b"HE\x00LLO!", b"B'1'!", b"!"]
+    assert out["SCALED__1"].tolist() == [2.0]
+
+
+def test_a_batching_string_model_gets_one_string_per_batch_row(tmp_path):
+    config = """max_batch_size: 4
+input [ { name: "words" data_type: TYPE_STRING dims: [ 1 ] reshape: { shape: [ ] } } ]
+output [ { name: "echo" data_type: TYPE_STRING dims: [ 1 ] reshape: { shape: [ ] } } ]"""
+    model = _string_model(tmp_path, Echo(), config)
+    out = model.run({"words": _bytes("é".encode(), b"\x00")}, ["echo"])  # the core applies the reshape first
+    assert out["echo"].tolist() == ["é".encode(), b"\x00"]
+
+
+def test_bytes_that_are_not_utf8_are_refused_for_a_list_of_str(tmp_path):
+    from triserve.errors import Code, ServerError
+
+    model = _string_model(tmp_path, Shout(), SHOUT_CONFIG)
+    with pytest.raises(ServerError) as e:
+        model.run({"words": _bytes(b"ok", b"\xff"), "scale": np.ones(1, np.float32)}, ["OUT__0"])
+    assert e.value.code == Code.INVALID_ARG and "input 'words': element 1 is not UTF-8 text" in e.value.message
+
+
+@pytest.mark.parametrize("config, words", [
+    (SHOUT_CONFIG.replace('dims: [ -1 ] }, { name: "scale"', 'dims: [ 2, 2 ] }, { name: "scale"'),
+     "Triton only supports 1 dimensional List of String as input for 'words' for model 'strings'"),
+    ("max_batch_size: 4\n" + SHOUT_CONFIG.split("\n", 1)[1],  # [-1] after the batch dim: two dims
+     "Triton only supports 1 dimensional List of String as input for 'words' for model 'strings'"),
+    (SHOUT_CONFIG.replace('"scale" data_type: TYPE_FP32', '"scale" data_type: TYPE_STRING'),
+     "input 'scale' is TYPE_STRING in the configuration but forward() argument 'scale' has type Tensor"),
+    (SHOUT_CONFIG.replace('"words" data_type: TYPE_STRING', '"words" data_type: TYPE_FP32'),
+     "input 'words' is TYPE_FP32 in the configuration but forward() argument 'words' has type List[str]"),
+], ids=["two dims", "a batch dim and one more", "string config for a Tensor", "tensor config for a List[str]"])
+def test_string_bindings_triton_refuses_fail_to_load(tmp_path, config, words):
+    from triserve.errors import ServerError
+
+    with pytest.raises(ServerError) as e:
+        _string_model(tmp_path, Shout(), config)
+    assert words in e.value.message
+
+
+def test_a_string_output_the_config_calls_a_tensor_is_a_clear_error(tmp_path):
+    from triserve.errors import ServerError
+
+    model = _string_model(tmp_path, Shout(), SHOUT_CONFIG.replace('"OUT__0" data_type: TYPE_STRING', '"OUT__0" data_type: TYPE_INT32'))
+    with pytest.raises(ServerError) as e:
+        model.run({"words": _bytes(b"a"), "scale": np.ones(1, np.float32)}, ["OUT__0"])
+    assert "configuration expects datatype TYPE_INT32 for output 'OUT__0', model provides a List[str] (TYPE_STRING)" in e.value.message

@@ -14,7 +14,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from tests.inprocess import SIMPLE_CONFIG, doubler_onnx, running_dataplane, simple_onnx, tiny_repository, triton_dataplane
 from triserve.core.catalog import Registration, Registry, Settings
-from triserve.core.dataplane import ModelNotFound, NotReady, VersionNotFound
+from triserve.core.dataplane import MAX_SPLIT_PARTS, ModelNotFound, NotReady, VersionNotFound
 from triserve.core.processors import Reply
 from triserve.core.spec import ModelSpec
 from triserve.core.types import InferRequest
@@ -164,7 +164,8 @@ async def test_load_and_unload_are_refused_outside_explicit_mode(tmp_path):
             with pytest.raises(ServerError) as e:
                 await call
             assert e.value.code == Code.UNAVAILABLE
-            assert "not allowed if model control mode is NONE" in e.value.message
+            assert "explicit model load / unload is not allowed if polling is enabled" in e.value.message
+            assert "model control mode is NONE" in e.value.message
         assert dataplane.model("simple").version == 1
 
 
@@ -235,6 +236,19 @@ async def test_split_runs_a_batch_above_max_batch_size_in_parts_joined_in_order(
         np.testing.assert_array_equal(response.outputs["OUTPUT1"], request.inputs["INPUT0"] - 1)
         assert (model.stats.inference_count, model.stats.execution_count) == (20, 3)
         assert sorted(model.stats.batches) == [4, 8]
+
+
+async def test_split_refuses_a_batch_needing_more_runs_than_one_request_may_queue(tmp_path):
+    async with triton_dataplane(tiny_repository(tmp_path)) as dataplane:
+        model = dataplane.resolve("simple")
+        limit = MAX_SPLIT_PARTS * model.max_batch_size
+        await dataplane.infer(model, simple_request(limit), split=True)
+        assert model.stats.inference_count == limit
+        with pytest.raises(ServerError) as e:
+            dataplane.infer(model, simple_request(limit + 1), split=True)
+        assert e.value.code == Code.INVALID_ARG
+        assert f"at most {limit} per request" in e.value.message
+        assert model.stats.inference_count == limit  # nothing of the refused request was queued
 
 
 async def test_split_leaves_a_batch_that_fits_whole(tmp_path):

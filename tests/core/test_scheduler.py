@@ -251,3 +251,30 @@ async def test_a_failing_model_answers_every_request_with_an_error_and_keeps_ser
     await scheduler.close()
     assert e.value.code.name == "INTERNAL" and "boom" in e.value.message
     assert ok == 4.0 and scheduler.stats.fail.count == 1 and scheduler.stats.success.count == 1
+
+
+async def test_a_named_signatures_request_runs_alone_with_its_own_outputs():
+    """A request naming a model's signature (Model.infer_signature) is never joined into a batch,
+    neither behind a plain request nor with one behind it, and runs with its signature and outputs."""
+    gate = Gate()
+    calls: list[tuple[str | None, list[str]]] = []
+
+    def run(inputs: dict[str, np.ndarray], outputs: list[str], signature: str | None = None) -> dict[str, np.ndarray]:
+        calls.append((signature, outputs))
+        return gate(inputs, outputs) if signature is None else {"z": inputs["x"] * 3}
+
+    cfg = config("dynamic_batching { }")
+    scheduler = Scheduler("m", [run], ["y"], BatchingPolicy.from_config(cfg, cfg.max_batch_size), ModelStats("m", 1))
+    first = asyncio.ensure_future(submit(scheduler, 50))
+    assert await gate.started() == [50]  # occupies the only instance while the others queue
+    before = asyncio.ensure_future(submit(scheduler, 2))
+    await settle()
+    named = scheduler.enqueue(x(1), 0, signature="triple", outputs=["z"])
+    after = asyncio.ensure_future(submit(scheduler, 3))
+    await settle()
+    gate.open(50, 2, 3)
+    assert await asyncio.gather(first, before, after) == [100.0, 4.0, 6.0]
+    np.testing.assert_array_equal((await scheduler.wait(named))["z"], [[3.0]])
+    await scheduler.close()
+    assert gate.batches == [[50], [2], [3]]
+    assert calls == [(None, ["y"]), (None, ["y"]), ("triple", ["z"]), (None, ["y"])]

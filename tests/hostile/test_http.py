@@ -244,6 +244,56 @@ async def test_slow_connections_are_closed_at_the_header_timeout(dataplane):
             (408, b"request headers not complete within the header timeout of 0.5 s")}
 
 
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_a_body_that_trickles_in_gets_408_at_the_body_timeout(dataplane, framing):
+    """Headers at once, then the body a byte every 50 ms (pacing a slow client, not ordering
+    events): each connection is answered 408 and closed, and the good clients keep being served."""
+    async with serving(V2HTTP(dataplane).app(), HTTPOptions(body_timeout=0.5)) as port:
+        if framing == "chunked":
+            head = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+            piece = lambda byte: b"1\r\n" + bytes([byte]) + b"\r\n"  # noqa: E731
+        else:
+            head = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n".encode()
+            piece = lambda byte: bytes([byte])  # noqa: E731
+
+        async def trickle() -> tuple[Answer, int]:
+            connection = await connect(port)
+            answer = asyncio.ensure_future(connection.answer())
+            sent = 0
+            await connection.send(head)
+            with contextlib.suppress(ConnectionError, OSError):
+                for byte in itertools.cycle(orjson.dumps(SIMPLE)):
+                    if answer.done():
+                        break
+                    await connection.send(piece(byte))
+                    sent += 1
+                    await asyncio.sleep(0.05)
+            connection.close()
+            return await answer, sent
+
+        answers = await alongside(port, asyncio.gather(*(trickle() for _ in range(20))), "20 slow bodies")
+        assert {(a.status, a.headers.get("connection"), a.body) for a, _ in answers} == {(
+            408, "close", b"request body not received within the body timeout of 0.5 s (--http-body-timeout),"
+            b" extended by a second per 500 bytes received")}
+        assert all(sent > 0 for _, sent in answers)
+
+
+async def test_a_body_that_keeps_coming_in_is_not_cut_off_by_the_body_timeout(dataplane):
+    """Past the timeout, the body still counts: a body that keeps the minimum rate is read whole
+    (here 8 pieces of 600 bytes, 0.1 s apart; the bare timeout, 0.01 s, has long passed by the last)."""
+    async with serving(V2HTTP(dataplane).app(), HTTPOptions(body_timeout=0.01)) as port:
+        body = orjson.dumps(SIMPLE).ljust(8 * 600)  # trailing spaces are valid JSON
+        connection = await connect(port)
+        await connection.send(f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        for start in range(0, len(body), 600):
+            await connection.send(body[start : start + 600])
+            await asyncio.sleep(0.1)  # pacing: past the bare timeout, well within what 600 bytes add
+        answer = await connection.answer()
+        connection.close()
+        assert answer.status == 200, answer
+        assert {o["name"]: o["data"] for o in answer.json()["outputs"]} == {"OUTPUT0": SUM, "OUTPUT1": DIFFERENCE}
+
+
 async def test_connections_past_the_cap_get_503_and_the_ones_within_keep_being_served(dataplane):
     async with serving(V2HTTP(dataplane).app(), HTTPOptions(max_connections=20)) as port:
         held = []
@@ -296,5 +346,5 @@ async def test_a_refused_load_request_logs_its_reason(ports, caplog):
     caplog.set_level(logging.WARNING, "triserve")
     body = b'{"parameters": {"config": "{not json"}}'
     message = v2_error(await exchange(ports["v2"], post("/v2/repository/models/simple/load", body)))
-    assert message.startswith("failed to parse model config JSON")
+    assert message.startswith("failed to load 'simple', failed to poll from model repository: failed to parse model config JSON")
     assert f"refused to load model 'simple': {message}" in caplog.messages

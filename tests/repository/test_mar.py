@@ -315,3 +315,16 @@ def test_long_or_odd_registration_names_are_refused_plainly(tmp_path):
         in_store(store, "a" * 300 + ".mar")
     assert e.value.code == Code.INVALID_ARG and "longer than 255 bytes" in e.value.message
     assert str(store) not in e.value.message
+
+
+def test_handler_names_resolve_as_torchserve_model_loader_resolves_them():
+    from triserve.repository.mar import resolve_handler
+
+    files = {"MAR-INF/MANIFEST.json", "my_handler.py", "model.pt"}
+    assert resolve_handler("serve/ts/torch_handler/image_classifier.py:handle", files) == "image_classifier"
+    assert resolve_handler("object_detector", files) == "object_detector"
+    assert resolve_handler("my_handler:handle", files) == "my_handler.py:handle"
+    assert resolve_handler("some/dir/my_handler.py", files) == "my_handler.py"
+    assert resolve_handler("invalidHandler", files) == "invalidHandler"  # stays as given: its start fails
+    # a file of the archive wins over a built-in name, as Python's import in the model folder does
+    assert resolve_handler("image_classifier", files | {"image_classifier.py"}) == "image_classifier.py"

@@ -8,6 +8,9 @@ A backend module provides:
     load(config, model_file, settings) -> a model object with
         run(inputs: dict[str, ndarray], outputs: list[str]) -> dict[str, ndarray]
         close() -> None
+      and optionally (models with named signatures, as TF SavedModels)
+        signatures: dict[str, triserve.signatures.Signature]
+        run(inputs, outputs, signature_name) for one of them, keyed by its own keys
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import importlib
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
@@ -33,19 +36,34 @@ PLATFORMS = {
     "onnxruntime_onnx": ("triserve.backends.onnxruntime_onnx", "triserve[onnx]"),
     "pytorch_libtorch": ("triserve.backends.pytorch_libtorch", "triserve[torch]"),
     "tensorflow_savedmodel": ("triserve.backends.tensorflow_savedmodel", "triserve[tensorflow]"),
+    "openvino": ("triserve.backends.openvino", "triserve[openvino]"),  # Triton names no platform: backend only
+    "python": ("triserve.backends.python", "triserve"),  # model.py in its own process (backends/python/)
 }
 BACKEND_TO_PLATFORM = {
     "onnxruntime": "onnxruntime_onnx",
     "pytorch": "pytorch_libtorch",
     "tensorflow": "tensorflow_savedmodel",
+    "openvino": "openvino",
+    "python": "python",
 }
 # How a version folder's content reveals the platform when the config names none.
 _FILE_TO_PLATFORM = {
     "model.onnx": "onnxruntime_onnx",
     "model.pt": "pytorch_libtorch",
     "model.savedmodel": "tensorflow_savedmodel",
+    "model.xml": "openvino",  # OpenVINO IR
     "saved_model.pb": "tensorflow_savedmodel",
+    "model.py": "python",  # as Triton: a model.py without a config is a Python model
 }
+
+
+class _Execution(threading.local):
+    """What the scheduler tells a backend about the execution running on this thread."""
+
+    deadline: float = 0.0  # time.monotonic() by which the requests' timeout ends (0: none)
+
+
+EXECUTION = _Execution()
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,9 @@ class InstanceSettings:
 
     device: str = "cpu"  # "cpu" or "cuda:<n>"
     threads: int = 1  # intra-op threads for this instance
+    # BLS: what a model calls other models with, infer(model, version, inputs, output_names) -> outputs
+    # (blocking, from any thread but the event loop's; raises ServerError). The core hands it over.
+    models: Callable[[str, int | None, dict, list[str] | None], dict] | None = field(default=None, compare=False)
 
 
 def cpu_count() -> int:

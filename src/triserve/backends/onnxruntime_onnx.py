@@ -4,6 +4,12 @@ Threads: each instance gets `InstanceSettings.threads` intra-op threads and one 
 thread, so that instances x threads equals the cores (see core/instances.py). Config
 `parameters` `intra_op_thread_count` / `inter_op_thread_count` override, as in Triton's
 onnxruntime backend.
+
+Strings: a BYTES tensor (numpy object array of `bytes`) reaches an ONNX `tensor(string)` input
+as `str` items, as Triton's onnxruntime backend hands each element's bytes to the string tensor
+(ORT's Python API takes only `str`, which it encodes as UTF-8, so the bytes ORT sees are the
+client's bytes). ORT's Python API cannot carry bytes that are not UTF-8: such an element is
+refused (400) rather than altered. String outputs come back as `bytes` (UTF-8).
 """
 
 from __future__ import annotations
@@ -83,6 +89,9 @@ class OnnxModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = count_parameter(config, "intra_op_thread_count", settings.threads)
         options.inter_op_num_threads = count_parameter(config, "inter_op_thread_count", 1)
+        spinning = _spinning(config, options.intra_op_num_threads)
+        if spinning is not None:
+            options.add_session_config_entry(SPINNING, spinning)
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = ["CPUExecutionProvider"]
@@ -95,16 +104,71 @@ class OnnxModel:
             providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
         self.session = _open(model_file, options, providers)
         _check_signature(config, self.session)
+        self._text_inputs = {t.name for t in self.session.get_inputs() if t.type == STRING}
+        self._text_outputs = {t.name for t in self.session.get_outputs() if t.type == STRING}
 
     def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        feed = {name: _to_text(name, a) if name in self._text_inputs else a for name, a in inputs.items()}
         try:
-            results = self.session.run(outputs, inputs)
+            results = self.session.run(outputs, feed)
+        except UnicodeDecodeError:  # ORT decodes string outputs as UTF-8 for its Python API
+            raise internal(
+                "onnxruntime failed: a string output holds bytes that are not UTF-8,"
+                " which onnxruntime's Python API cannot return"
+            ) from None
         except Exception as e:
             raise internal(f"onnxruntime failed: {e}") from None
-        return dict(zip(outputs, results))
+        return {
+            name: _to_bytes(result) if name in self._text_outputs else result for name, result in zip(outputs, results)
+        }
 
     def close(self) -> None:
         del self.session
+
+
+STRING = "tensor(string)"
+SPINNING = "session.intra_op.allow_spinning"  # ORT's session config key, also taken as a config parameter
+DEFAULT_SPINNING: str | None = None  # None: onnxruntime's own default (its pool threads spin)
+
+
+def _spinning(config: mc.ModelConfig, intra_threads: int) -> str | None:
+    """Whether intra-op pool threads busy-wait for work: config parameter
+    `session.intra_op.allow_spinning` ("0" or "1"), else DEFAULT_SPINNING."""
+    for name, value in config.parameters.items():
+        if name.lower() == SPINNING:
+            text = value.string_value.strip()
+            if text not in ("0", "1"):
+                raise invalid(f"parameter '{name}' of model '{config.name}' must be 0 or 1, got '{text}'")
+            return text
+    return DEFAULT_SPINNING if intra_threads > 1 else None
+
+
+def _to_text(name: str, array: np.ndarray) -> np.ndarray:
+    """BYTES elements (bytes; str passes) as the str items ORT's string tensors take."""
+    if array.dtype != np.object_:
+        array = array.astype(np.object_)  # fixed-width numpy text
+    text = np.empty(array.shape, dtype=np.object_)
+    flat = text.reshape(-1)
+    try:
+        for i, item in enumerate(array.flat):
+            flat[i] = item if isinstance(item, str) else bytes(item).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise invalid(
+            f"input '{name}': element {i} is not UTF-8 text ({e.reason} at byte {e.start});"
+            " onnxruntime string tensors take UTF-8 text only"
+        ) from None
+    except TypeError:
+        raise invalid(f"input '{name}': element {i} is not bytes or text") from None
+    return text
+
+
+def _to_bytes(array: np.ndarray) -> np.ndarray:
+    """ORT's str items back to the bytes every BYTES tensor holds."""
+    result = np.empty(array.shape, dtype=np.object_)
+    flat = result.reshape(-1)
+    for i, item in enumerate(array.flat):
+        flat[i] = item.encode("utf-8") if isinstance(item, str) else item
+    return result
 
 
 def load(config: mc.ModelConfig, model_file: Path, settings: InstanceSettings) -> OnnxModel:
@@ -133,3 +197,49 @@ def _check_signature(config: mc.ModelConfig, session: ort.InferenceSession) -> N
                     f" {expected} in the model but {given} in the configuration"
                 )
             check_dims(config, kind, tensor, _dims(node.shape))
+    if config.HasField("sequence_batching"):
+        _check_sequence_tensors(config, session)
+
+
+def _check_sequence_tensors(config: mc.ModelConfig, session: ort.InferenceSession) -> None:
+    """Sequence batching: the control and state inputs the server fills in, and the state
+    outputs it reads back, must be in the graph with the configured datatypes, and every graph
+    input must be fed by someone (never READY-then-fail on a missing input)."""
+    inputs = {t.name: t for t in session.get_inputs()}
+    outputs = {t.name: t for t in session.get_outputs()}
+    fed = {t.name for t in config.input}
+    sb = config.sequence_batching
+    tensors = []
+    for control_input in sb.control_input:
+        for c in control_input.control:
+            if c.kind == mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_CORRID:
+                data_type = mc.DataType.Name(c.data_type)
+            elif len(c.fp32_false_true):
+                data_type = "TYPE_FP32"
+            elif len(c.bool_false_true):
+                data_type = "TYPE_BOOL"
+            else:
+                data_type = "TYPE_INT32"
+            tensors.append(("sequence control input", control_input.name, data_type, inputs))
+    for state in sb.state:
+        data_type = mc.DataType.Name(state.data_type)
+        tensors.append(("state input", state.input_name, data_type, inputs))
+        tensors.append(("state output", state.output_name, data_type, outputs))
+    for kind, name, data_type, graph in tensors:
+        if name not in graph:
+            raise invalid(
+                f"unable to load model '{config.name}': {kind} '{name}' is not in the model; it has {sorted(graph)}"
+            )
+        if _TYPES.get(graph[name].type) != data_type:
+            raise invalid(
+                f"unable to load model '{config.name}': {kind} '{name}' has datatype"
+                f" {_TYPES.get(graph[name].type)} in the model but {data_type} in the configuration"
+            )
+        if graph is inputs:
+            fed.add(name)
+    missing = sorted(set(inputs) - fed)
+    if missing:
+        raise invalid(
+            f"unable to load model '{config.name}': model input(s) {missing} are neither configuration inputs nor"
+            " sequence batching control or state inputs"
+        )

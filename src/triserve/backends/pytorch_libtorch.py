@@ -9,6 +9,12 @@ TorchScript keeps no input/output datatypes or shapes, so inputs cannot be auto-
 "not supported for pytorch backend"); the error says what forward() takes. Given the inputs,
 missing outputs are found by running the model once on zeros.
 
+Strings: as in Triton's pytorch backend, a TYPE_STRING input is a `List[str]` argument of forward()
+and a TYPE_STRING output a returned `List[str]`, one-dimensional only (the batch dimension counts:
+a batching model's string tensor has no other dims, or a `reshape` to none). Each BYTES element
+reaches the model as UTF-8 text (TorchScript strings from Python are text); bytes that are not
+UTF-8 are refused. String outputs come back as bytes.
+
 Threads: torch's intra-op and inter-op pools are process-wide. The first TorchScript model loaded
 sets them, from config `parameters` INTRA_OP_THREAD_COUNT / INTER_OP_THREAD_COUNT (as in Triton)
 or else to the instance's share of the cores and one inter-op thread; a later model asking for
@@ -108,17 +114,29 @@ def _set_threads(config: mc.ModelConfig, settings: InstanceSettings) -> None:
 
 
 # -- binding ------------------------------------------------------------------------------
+def _is_string_list(type_: Any) -> bool:
+    """Whether a TorchScript type is List[str]."""
+    return type_.kind() == "ListType" and type_.getElementType().kind() == "StringType"
+
+
 def _input_binding(config: mc.ModelConfig, module: torch.jit.ScriptModule) -> tuple[list[str], bool]:
     """Config input names in forward()'s argument order; True when forward() takes one Dict[str, Tensor]."""
     args = _arguments(module)
     names = [t.name for t in config.input]
+    strings = {t.name for t in config.input if t.data_type == mc.TYPE_STRING}
     if len(args) == 1 and args[0].type.kind() == "DictType":
+        if strings:
+            raise invalid(
+                f"unable to load model '{config.name}': forward() takes a Dict[str, Tensor], which cannot hold"
+                f" the string input(s) {sorted(strings)}; string inputs are List[str] arguments"
+            )
         return names, True
     for arg in args:
-        if arg.type.kind() not in ("TensorType", "OptionalType"):
+        if arg.type.kind() not in ("TensorType", "OptionalType") and not _is_string_list(arg.type):
             raise invalid(
                 f"unable to load model '{config.name}': forward() argument '{arg.name}' has type {arg.type};"
-                " only Tensor arguments or a single Dict[str, Tensor] are supported"
+                " only Tensor arguments, List[str] arguments (TYPE_STRING inputs) or a single"
+                " Dict[str, Tensor] are supported"
             )
     if len(args) != len(names):
         raise invalid(
@@ -141,7 +159,46 @@ def _input_binding(config: mc.ModelConfig, module: torch.jit.ScriptModule) -> tu
             f"unable to load model '{config.name}': input indices {sorted(order.values())} from the names"
             f" {names} do not cover forward()'s {len(names)} argument(s) once each"
         )
+    for name, index in order.items():
+        if (name in strings) != _is_string_list(args[index].type):
+            raise invalid(
+                f"unable to load model '{config.name}': input '{name}' is"
+                f" {'TYPE_STRING' if name in strings else mc.DataType.Name(_config_input(config, name).data_type)}"
+                f" in the configuration but forward() argument '{args[index].name}' has type {args[index].type};"
+                " a TYPE_STRING input binds to a List[str] argument, every other input to a Tensor"
+            )
     return sorted(names, key=order.__getitem__), False
+
+
+def _config_input(config: mc.ModelConfig, name: str) -> mc.ModelInput:
+    return next(t for t in config.input if t.name == name)
+
+
+def _check_string_dims(config: mc.ModelConfig, kind: str, tensor: mc.ModelInput | mc.ModelOutput) -> None:
+    """A List[str] is one-dimensional: with the batch dimension counted, a string tensor has at most one."""
+    dims = list(tensor.reshape.shape) if tensor.HasField("reshape") else list(tensor.dims)
+    if len(dims) + (1 if config.max_batch_size > 0 else 0) > 1:
+        raise invalid(
+            f"Triton only supports 1 dimensional List of String as {kind} for '{tensor.name}' for model"
+            f" '{config.name}'"
+        )
+
+
+def _text_list(name: str, array: np.ndarray) -> list[str]:
+    """A BYTES tensor as the List[str] a TorchScript model takes."""
+    items = []
+    for i, item in enumerate(array.ravel()):
+        if isinstance(item, str):
+            items.append(item)
+            continue
+        try:
+            items.append(bytes(item).decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise invalid(
+                f"input '{name}': element {i} is not UTF-8 text ({e.reason} at byte {e.start});"
+                " TorchScript List[str] inputs take UTF-8 text only"
+            ) from None
+    return items
 
 
 def _output_indices(config: mc.ModelConfig) -> dict[str, int]:
@@ -159,12 +216,16 @@ def _short(error: Exception) -> str:
     return lines[-1].strip() if any("Traceback" in line for line in lines) else " ".join(lines)
 
 
-def _results(value: Any) -> list[torch.Tensor]:
-    """forward()'s result as a list of tensors: a Tensor, or a tuple/list of them."""
-    items = list(value) if isinstance(value, (tuple, list)) else [value]
+def _results(value: Any, single_list: bool = False) -> list[torch.Tensor | list[str]]:
+    """forward()'s result as a list of outputs: a Tensor, or a tuple/list of them; each output a
+    Tensor or a List[str]. `single_list`: forward() returns one List[str] (one output)."""
+    items = [value] if single_list else list(value) if isinstance(value, (tuple, list)) else [value]
     for i, item in enumerate(items):
-        if not isinstance(item, torch.Tensor):
-            raise internal(f"PyTorch model output {i} is a {type(item).__name__}; only Tensor outputs are supported")
+        strings = isinstance(item, list) and all(isinstance(s, str) for s in item)
+        if not isinstance(item, torch.Tensor) and not strings:
+            raise internal(
+                f"PyTorch model output {i} is a {type(item).__name__}; only Tensor and List[str] outputs are supported"
+            )
     return items
 
 
@@ -178,12 +239,18 @@ class TorchModel:
         self.input_order, self.dict_input = _input_binding(config, self.module)
         self.output_index = _output_indices(config)
         self.outputs = {t.name: t for t in config.output}
-        for t in [*config.input, *config.output]:
-            if mc.DataType.Name(t.data_type) not in _TORCH_TYPES:
-                raise invalid(
-                    f"unable to load model '{config.name}': unsupported datatype"
-                    f" {mc.DataType.Name(t.data_type)} for '{t.name}' in the pytorch backend"
-                )
+        for kind, tensors in (("input", config.input), ("output", config.output)):
+            for t in tensors:
+                if t.data_type == mc.TYPE_STRING:
+                    _check_string_dims(config, kind, t)
+                elif mc.DataType.Name(t.data_type) not in _TORCH_TYPES:
+                    raise invalid(
+                        f"unable to load model '{config.name}': unsupported datatype"
+                        f" {mc.DataType.Name(t.data_type)} for '{t.name}' in the pytorch backend"
+                    )
+        self.string_inputs = {t.name for t in config.input if t.data_type == mc.TYPE_STRING}
+        returns = self.module.forward.schema.returns
+        self.single_list = len(returns) == 1 and _is_string_list(returns[0].type)
         self._warm_up(config)
 
     def _warm_up(self, config: mc.ModelConfig) -> None:
@@ -202,7 +269,9 @@ class TorchModel:
     def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         # Arrays from the wire are read-only; a model may write into its inputs, so those are copied.
         tensors = {
-            name: torch.from_numpy(a if a.flags.writeable else a.copy()).to(self.device) for name, a in inputs.items()
+            name: _text_list(name, a) if name in self.string_inputs
+            else torch.from_numpy(a if a.flags.writeable else a.copy()).to(self.device)
+            for name, a in inputs.items()
         }
         batch = next(iter(inputs.values())).shape[0] if self.batching and inputs else None
         try:
@@ -214,10 +283,10 @@ class TorchModel:
                     value = self.module(*(tensors.get(name) for name in self.input_order))
         except Exception as e:  # TorchScript raises torch.jit.Error / RuntimeError with the model's message
             raise internal(f"PyTorch execute failure: {_short(e)}") from None
-        results = _results(value)
+        results = _results(value, self.single_list)
         return {name: self._output(name, results, batch) for name in outputs}
 
-    def _output(self, name: str, results: list[torch.Tensor], batch: int | None) -> np.ndarray:
+    def _output(self, name: str, results: list[torch.Tensor | list[str]], batch: int | None) -> np.ndarray:
         index = self.output_index[name]
         if index >= len(results):
             raise internal(
@@ -227,10 +296,11 @@ class TorchModel:
         tensor = results[index]
         spec = self.outputs[name]
         expected = mc.DataType.Name(spec.data_type)
-        actual = _CONFIG_TYPES.get(tensor.dtype, str(tensor.dtype))
+        actual = "TYPE_STRING" if isinstance(tensor, list) else _CONFIG_TYPES.get(tensor.dtype, str(tensor.dtype))
         if actual != expected:
-            raise internal(f"configuration expects datatype {expected} for output '{name}', model provides {actual}")
-        shape = list(tensor.shape)
+            provided = "a List[str] (TYPE_STRING)" if isinstance(tensor, list) else actual
+            raise internal(f"configuration expects datatype {expected} for output '{name}', model provides {provided}")
+        shape = [len(tensor)] if isinstance(tensor, list) else list(tensor.shape)
         dims = list(spec.reshape.shape) if spec.HasField("reshape") else list(spec.dims)
         if batch is not None:
             if not shape or shape[0] != batch:
@@ -243,6 +313,10 @@ class TorchModel:
                 f"output '{name}' has shape {shape}{' after the batch dimension' if batch is not None else ''},"
                 f" but the configuration says {dims}"
             )
+        if isinstance(tensor, list):
+            strings = np.empty(len(tensor), dtype=np.object_)
+            strings[:] = [s.encode("utf-8") for s in tensor]
+            return strings
         return tensor.detach().cpu().numpy()
 
     def close(self) -> None:
@@ -281,7 +355,7 @@ def autocomplete(config: mc.ModelConfig, model_file: Path) -> None:
     if zeros is None:
         raise invalid(
             f"model '{config.name}' lists no outputs and they cannot be auto-completed: an input has a"
-            " variable dimension, so no test run is possible; list the outputs in config.pbtxt"
+            " variable dimension or is a string, so no test run is possible; list the outputs in config.pbtxt"
         )
     names, dict_input = _input_binding(config, module)
     tensors = {name: torch.from_numpy(array) for name, array in zeros.items()}

@@ -1,18 +1,26 @@
 """TensorFlow SavedModel backend (`platform: "tensorflow_savedmodel"`).
 
 The model file is the SavedModel folder (`model.savedmodel/`; a version folder holding
-saved_model.pb itself, TF Serving's layout, works too). It runs one signature: `serving_default`,
-or the one config `parameters` `signature_name` names. Config tensor names may be the signature's
-keys (`input_1`) or its tensor names (`serving_default_input_1:0`). Inputs, outputs and batching
+saved_model.pb itself, TF Serving's layout, works too). TF1 and TF2 SavedModels load as TF Serving
+loads them: the MetaGraph tagged `serve` is imported into a graph and run by a session, feeding and
+fetching the graph tensors a signature names. So an input of unknown rank or dims takes any shape
+TensorFlow's kernels take (TF Serving checks no shapes either: `[3]` for a declared `[-1,1]` runs).
+
+The model's config (the v2 protocol's view) is one signature: `serving_default`, or the one
+config `parameters` `signature_name` names. Config tensor names may be the signature's keys
+(`input_1`) or its tensor names (`serving_default_input_1:0`). Inputs, outputs and batching
 missing from the config are completed from the signature (a dynamic first dimension everywhere
-means batching, max_batch_size 4 and the dynamic batcher, as for ONNX).
+means batching, max_batch_size 4 and the dynamic batcher, as for ONNX); an input of unknown rank
+is completed as dims [-1] (without batching), a scalar as dims [1] reshaped to [].
+Every signature of the MetaGraph is also exposed (`signatures`, `run(..., signature=name)`),
+keyed as the signature keys them, for the TF Serving API's `signature_name`.
 
 Threads: TensorFlow's pools are process-wide and fixed once it starts, so the first SavedModel
 loaded sets them: intra-op = the instance's share of the cores and inter-op = all cores (two
 single-threaded instances on two cores measured fastest, about 116 against 93-107 images/s for
 MobileNetV2), unless config `parameters` intra_op_thread_count / inter_op_thread_count say
-otherwise. The instances of a model version share one loaded SavedModel (TF functions can be
-called from several threads at once, and TF releases the GIL while it computes).
+otherwise. The instances of a model version share one loaded SavedModel (a TF session may be run
+from several threads at once, and TF releases the GIL while it computes).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +37,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TF's C++ INFO lines (oneDN
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from google.protobuf.message import DecodeError  # noqa: E402
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2  # noqa: E402
+from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, saved_model_pb2  # noqa: E402
+from tensorflow.python.util import deprecation  # noqa: E402
 from tritonclient.grpc import model_config_pb2 as mc  # noqa: E402
 
 from triserve import datatypes  # noqa: E402
 from triserve.backends import InstanceSettings, ProcessThreads, check_dims, count_parameter, cpu_count  # noqa: E402
 from triserve.errors import internal, invalid  # noqa: E402
+from triserve.signatures import Signature, TensorInfo  # noqa: E402
 
 log = logging.getLogger("triserve")
 
@@ -59,8 +70,8 @@ def _signature_name(config: mc.ModelConfig) -> str:
     return DEFAULT_SIGNATURE
 
 
-def _read_signature(config: mc.ModelConfig, folder: Path) -> meta_graph_pb2.SignatureDef:
-    """The signature from saved_model.pb alone (no TF runtime needed)."""
+def _meta_graph(folder: Path) -> meta_graph_pb2.MetaGraphDef:
+    """The MetaGraph TF Serving serves (tagged `serve`; else the first), from saved_model.pb alone."""
     saved = saved_model_pb2.SavedModel()
     try:
         saved.ParseFromString((folder / "saved_model.pb").read_bytes())
@@ -69,7 +80,12 @@ def _read_signature(config: mc.ModelConfig, folder: Path) -> meta_graph_pb2.Sign
     if not saved.meta_graphs:
         raise invalid(f"could not read SavedModel {folder}: saved_model.pb holds no MetaGraph")
     serving = [m for m in saved.meta_graphs if "serve" in m.meta_info_def.tags]
-    meta = (serving or list(saved.meta_graphs))[0]
+    return (serving or list(saved.meta_graphs))[0]
+
+
+def _read_signature(config: mc.ModelConfig, folder: Path) -> meta_graph_pb2.SignatureDef:
+    """The config's signature from saved_model.pb alone (no TF runtime needed)."""
+    meta = _meta_graph(folder)
     name = _signature_name(config)
     if name not in meta.signature_def:
         available = sorted(k for k in meta.signature_def if not k.startswith("__"))
@@ -89,10 +105,27 @@ def _config_type(info: meta_graph_pb2.TensorInfo) -> str:
 
 
 def _dims(info: meta_graph_pb2.TensorInfo) -> list[int] | None:
-    """The signature's shape with -1 for unknown dims; None for unknown rank."""
-    if info.tensor_shape.unknown_rank:
+    """The signature's shape with -1 for unknown dims; None for unknown rank (also when the
+    signature has no shape at all, as early TF1 exports wrote them)."""
+    if info.tensor_shape.unknown_rank or not info.HasField("tensor_shape"):
         return None
     return [d.size if d.size >= 0 else -1 for d in info.tensor_shape.dim]
+
+
+def signatures(meta: meta_graph_pb2.MetaGraphDef) -> dict[str, Signature]:
+    """Every signature of the MetaGraph, as TF Serving lists them (TF2's `__saved_model_init_op` too)."""
+
+    def infos(tensors) -> dict[str, TensorInfo]:
+        result = {}
+        for key, info in tensors.items():
+            dims = _dims(info)
+            result[key] = TensorInfo(info.name, info.dtype, None if dims is None else tuple(dims))
+        return result
+
+    return {
+        name: Signature(signature.method_name, infos(signature.inputs), infos(signature.outputs))
+        for name, signature in meta.signature_def.items()
+    }
 
 
 def _keys(config: mc.ModelConfig, kind: str, declared, infos) -> dict[str, str]:
@@ -135,7 +168,7 @@ def _check(config: mc.ModelConfig, signature: meta_graph_pb2.SignatureDef) -> tu
                     f" in the model but {given} in the configuration"
                 )
             model_dims = _dims(info)
-            if model_dims is None:
+            if model_dims is None:  # unknown rank: any shape goes, as in TF Serving
                 continue
             check_dims(config, kind, tensor, model_dims)
     return input_keys, output_keys
@@ -155,8 +188,13 @@ def autocomplete(config: mc.ModelConfig, model_file: Path) -> None:
         for key in sorted(infos_by_key):
             info = infos_by_key[key]
             dims = _dims(info)
-            # Unknown rank: nothing to say; the config check below reports the missing dims.
-            declared.add(name=key, data_type=_config_type(info), dims=(dims or [])[skip:])
+            if dims is None:  # unknown rank: one dim of any size (the TF Serving API checks none)
+                declared.add(name=key, data_type=_config_type(info), dims=[-1])
+            elif not dims[skip:]:  # a scalar: Triton's dims [1], reshaped to [] for the model
+                tensor = declared.add(name=key, data_type=_config_type(info), dims=[1])
+                tensor.reshape.SetInParent()
+            else:
+                declared.add(name=key, data_type=_config_type(info), dims=dims[skip:])
     if config.max_batch_size > 1 and config.WhichOneof("scheduling_choice") is None:
         config.dynamic_batching.SetInParent()
 
@@ -184,14 +222,58 @@ def _set_threads(config: mc.ModelConfig, settings: InstanceSettings) -> None:
 
 # -- loaded SavedModels, shared by the instances of a version ------------------------------
 class _Loaded:
-    def __init__(self, folder: Path, signature_name: str, device: str) -> None:
-        with tf.device(device):
-            self.root = tf.saved_model.load(str(folder))  # keeps the variables alive
-        self.function = self.root.signatures[signature_name]
+    """The MetaGraph imported into its own graph and session, as TF Serving's SavedModelBundle."""
+
+    def __init__(self, folder: Path, device: str) -> None:
+        meta = _meta_graph(folder)
+        intra, inter = _threads.counts or (0, 0)
+        session_config = tf.compat.v1.ConfigProto(
+            intra_op_parallelism_threads=intra, inter_op_parallelism_threads=inter, allow_soft_placement=True
+        )
+        self.graph = tf.Graph()
+        self.session = tf.compat.v1.Session(graph=self.graph, config=session_config)
+        try:
+            with self.graph.as_default(), self.graph.device(device), deprecation.silence():
+                tf.compat.v1.saved_model.loader.load(
+                    self.session, list(meta.meta_info_def.tags), str(folder), clear_devices=True
+                )
+        except BaseException:
+            self.session.close()
+            raise
+        self.signatures = signatures(meta)
+        self._callables: OrderedDict[tuple[tuple[str, ...], tuple[str, ...]], Any] = OrderedDict()
+        self._callables_lock = threading.Lock()
         self.users = 0
 
+    def callable(self, feeds: tuple[str, ...], fetches: tuple[str, ...]):
+        """A session callable feeding and fetching these graph tensors (made once, then reused;
+        the most recently used _MAX_CALLABLES are kept, as output filters may pick any subset)."""
+        key = (feeds, fetches)
+        with self._callables_lock:
+            found = self._callables.get(key)
+            if found is not None:
+                self._callables.move_to_end(key)
+            else:
+                # Session::MakeCallable, as TF Serving runs a session: TensorFlow's Python
+                # wrappers would refuse shapes the graph's static shapes do not show, which
+                # TF Serving feeds (shape [3] for an input declared [-1,1]).
+                options = config_pb2.CallableOptions(feed=list(feeds), fetch=list(fetches))
+                try:
+                    found = self.session._make_callable_from_options(options)
+                except tf.errors.OpError as e:  # a tensor the graph does not have
+                    raise invalid(f"tensorflow cannot run the signature: {_cause(e.message)}") from None
+                self._callables[key] = found
+                while len(self._callables) > _MAX_CALLABLES:
+                    self._callables.popitem(last=False)  # released once no run holds it
+        return found
 
-_Key = tuple[str, str, str, tuple]
+    def close(self) -> None:
+        self._callables.clear()
+        self.session.close()
+
+
+_MAX_CALLABLES = 64
+_Key = tuple[str, str, tuple]
 _loaded: dict[_Key, _Loaded] = {}
 _lock = threading.Lock()  # guards _loaded; held while a SavedModel loads
 
@@ -204,15 +286,16 @@ def _fingerprint(folder: Path) -> tuple:
 
 def _acquire(config: mc.ModelConfig, folder: Path, settings: InstanceSettings) -> tuple[_Key, _Loaded]:
     device = _device(config, settings)
-    key = (str(folder.resolve()), _signature_name(config), device, _fingerprint(folder))
+    key = (str(folder.resolve()), device, _fingerprint(folder))
     with _lock:
         _set_threads(config, settings)
         entry = _loaded.get(key)
         if entry is None:
             try:
-                entry = _Loaded(folder, key[1], device)
+                entry = _Loaded(folder, device)
             except Exception as e:  # TF raises its own errors for broken variables or graphs
-                first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                message = e.message if isinstance(e, tf.errors.OpError) else str(e)
+                first_line = (message.strip().splitlines() or [type(e).__name__])[0]
                 raise invalid(f"tensorflow could not load SavedModel {folder}: {first_line}") from None
             _loaded[key] = entry
         entry.users += 1
@@ -226,6 +309,7 @@ def _release(key: _Key) -> None:
             entry.users -= 1
             if entry.users <= 0:
                 del _loaded[key]
+                entry.close()
 
 
 def _device(config: mc.ModelConfig, settings: InstanceSettings) -> str:
@@ -246,22 +330,43 @@ class SavedModel:
         folder = _folder(model_file)
         signature = _read_signature(config, folder)
         self.input_keys, self.output_keys = _check(config, signature)
-        self._key, loaded = _acquire(config, folder, settings)
-        self.function = loaded.function
+        self._config_signature = _signature_name(config)
+        self._key, self._loaded = _acquire(config, folder, settings)
+        self.signatures: dict[str, Signature] = self._loaded.signatures
 
-    def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        feed = {self.input_keys[name]: tf.constant(array) for name, array in inputs.items()}
+    def run(
+        self, inputs: dict[str, np.ndarray], outputs: list[str], signature: str | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run the config's signature (config tensor names), or with `signature` the one of that
+        name (its own keys)."""
+        if signature is None:
+            chosen = self.signatures[self._config_signature]
+            feeds = {chosen.inputs[self.input_keys[name]].tensor: array for name, array in inputs.items()}
+            fetches = [chosen.outputs[self.output_keys[name]].tensor for name in outputs]
+        else:
+            chosen = self.signatures.get(signature)
+            if chosen is None:
+                raise invalid(f'Serving signature key "{signature}" not found.')
+            unknown = [k for k in [*inputs] if k not in chosen.inputs] + [k for k in outputs if k not in chosen.outputs]
+            if unknown:
+                raise invalid(f"signature '{signature}' has no tensor '{unknown[0]}'")
+            feeds = {chosen.inputs[key].tensor: array for key, array in inputs.items()}
+            fetches = [chosen.outputs[key].tensor for key in outputs]
+        unique = tuple(dict.fromkeys(fetches))  # two keys may name one tensor: fetched once
+        run = self._loaded.callable(tuple(feeds), unique)
         try:
-            result: dict[str, Any] = self.function(**feed)
+            values = dict(zip(unique, run(*feeds.values())))
         except tf.errors.InvalidArgumentError as e:  # the values are wrong (as TF Serving: 400)
             raise invalid(f"tensorflow refused the input: {_cause(e.message)}") from None
-        except Exception as e:  # TF's other OpErrors, TypeError (missing inputs), ...
+        except Exception as e:  # TF's other OpErrors, TypeError (an input it cannot convert), ...
             message = (e.message if isinstance(e, tf.errors.OpError) else str(e)).strip() or type(e).__name__
+            if isinstance(e, (TypeError, ValueError)):
+                raise invalid(f"tensorflow refused the input: {_cause(message)}") from None
             raise internal(f"tensorflow failed: {_cause(message)}") from None
-        return {name: result[self.output_keys[name]].numpy() for name in outputs}
+        return {name: np.asarray(values[tensor]) for name, tensor in zip(outputs, fetches)}
 
     def close(self) -> None:
-        self.function = None
+        self.signatures = {}
         _release(self._key)
 
 

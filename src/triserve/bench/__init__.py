@@ -11,7 +11,13 @@ ratio to a raw baseline measured in the same run, and summary lines for the aims
   vs the in-process ceiling: decode, the archive's handler and its model on the server's threads
   (aim: at least 0.85 of it);
 - backends: each backend's example over binary HTTP at concurrency 8 vs its framework called
-  in-process with the server's thread configuration (two instances x one thread on 2 cores).
+  in-process with the server's thread configuration (two instances x one thread on 2 cores);
+- sweep: binary HTTP at concurrency 1, 2, 4, 8, 16, 32 for the default layout and for one
+  instance with a thread per core, flagging any point after a layout's best that lost more
+  than 10% of it;
+- openvino: the ONNX model converted to OpenVINO IR: raw OpenVINO vs raw onnxruntime (the
+  server's layout) and served OpenVINO (`backend: "openvino"`) over binary HTTP (aim: served at
+  least 0.9 of raw OpenVINO).
 
 The machine is shared and noisy, so absolute numbers drift between runs; the served/raw ratio,
 measured minutes apart on the same machine, is the figure to compare. Servers are `triserve
@@ -28,7 +34,7 @@ from pathlib import Path
 
 
 def bench_main(args: argparse.Namespace) -> int:
-    from triserve.bench.sections import SECTIONS, Bench
+    from triserve.bench.sections import AIMS, SECTIONS, Bench
     from triserve.errors import ServerError
 
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -42,6 +48,9 @@ def bench_main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="triserve-bench-") as tmp:
         bench = Bench(args, Path(tmp))
         print(f"# triserve bench: {bench.cores} cores, {args.seconds:g} s per measurement\n", flush=True)
+        aims = [AIMS[s] for s in sections if s in AIMS]
+        if aims:
+            print("Aims: " + "; ".join(aims) + ".\n", flush=True)
         for name in sections:
             try:
                 table = SECTIONS[name](bench)
@@ -52,6 +61,12 @@ def bench_main(args: argparse.Namespace) -> int:
                 failed += 1
                 continue
             print(table.render(), flush=True)
+            empty = table.without_throughput()
+            if empty:  # a measurement in which no call completed: the run proves nothing
+                print(f"## {name}: failed: no throughput (0 images/s or nan) in: {'; '.join(empty)}\n", flush=True)
+                summary.append(f"{name}: failed: no throughput in {len(empty)} measurement(s)")
+                failed += 1
+                continue
             summary += table.summary
     print("## summary\n")
     print("\n".join(f"- {line}" for line in summary))

@@ -21,6 +21,7 @@ FRAMEWORKS = {
     "onnxruntime_onnx": "onnxruntime",
     "pytorch_libtorch": "torch.jit",
     "tensorflow_savedmodel": "TF SavedModel",
+    "openvino": "OpenVINO",
 }
 
 
@@ -77,7 +78,23 @@ def _tf_runners(model_file: Path, count: int, threads: int) -> list[Runner]:
     return [run] * count  # the server's instances share one loaded SavedModel too
 
 
-_OPENERS = {"onnxruntime_onnx": _onnx_runners, "pytorch_libtorch": _torch_runners, "tensorflow_savedmodel": _tf_runners}
+def _openvino_runners(model_file: Path, count: int, threads: int) -> list[Runner]:
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(model_file))
+    # As the server's backend compiles each instance: one stream, `threads` threads, f32 math.
+    properties = {"INFERENCE_NUM_THREADS": str(threads), "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": "f32"}
+
+    def runner() -> Runner:
+        request = core.compile_model(model, "CPU", properties).create_infer_request()
+        return lambda x: request.infer({0: x})[0]
+
+    return [runner() for _ in range(count)]
+
+
+_OPENERS = {"onnxruntime_onnx": _onnx_runners, "pytorch_libtorch": _torch_runners, "tensorflow_savedmodel": _tf_runners,
+            "openvino": _openvino_runners}
 
 
 def open_runners(platform: str, model_file: Path, count: int, threads: int) -> list[Runner]:

@@ -56,6 +56,14 @@ class Table:
     notes: list[str] = field(default_factory=list)
     summary: list[str] = field(default_factory=list)
 
+    def without_throughput(self) -> list[str]:
+        """Rows that measured nothing: 0 images/s or a nan, a benchmark that must fail."""
+        bad = []
+        for r, _ in self.rows:
+            if not (r.images_per_s > 0 and np.isfinite([r.images_per_s, r.p50_ms, r.p99_ms]).all()):
+                bad.append(r.label)
+        return list(dict.fromkeys(bad))
+
     def render(self) -> str:
         lines = [f"## {self.title}", "",
                  "| measurement | images/s | p50 ms | p99 ms | / raw |", "|---|---|---|---|---|"]

@@ -16,7 +16,7 @@ from triserve.bench.load import GRPCSender, HTTPSender, Sender, http_request, se
 from triserve.bench.models import BenchModel, jpeg, photo, read_bench_model, v2_binary_request, v2_grpc_request
 from triserve.bench.raw import FRAMEWORKS, Runner, measure_raw, open_runners
 from triserve.bench.results import Result, Table, best, progress, verdict
-from triserve.bench.servers import link_repository, running_server
+from triserve.bench.servers import derived_model, link_repository, running_server
 
 RAW_BATCHES = (1, 4)
 GRPC_CONCURRENCIES = (1, 16)
@@ -24,6 +24,17 @@ TORCHSERVE_CONCURRENCIES = (1, 8)
 BACKENDS_CONCURRENCY = 8
 GRPC_AIM_MS = 1.0  # aim: gRPC p50 at concurrency 1 within 1 ms of raw
 TORCHSERVE_AIM = 0.85  # aim: served JPEG requests/s at least 0.85 of the in-process ceiling
+SWEEP_CONCURRENCIES = (1, 2, 4, 8, 16, 32)
+SWEEP_DROP = 0.10  # aim: no layout loses more than 10% from its best point as concurrency grows
+OPENVINO_CONCURRENCIES = (1, 8)
+OPENVINO_AIM = 0.9  # aim: served OpenVINO at least 0.9 of raw OpenVINO
+# Each section's aim, printed under the run's heading; its summary line says whether it was met.
+AIMS = {
+    "grpc": f"gRPC p50 at concurrency {GRPC_CONCURRENCIES[0]} within {GRPC_AIM_MS:g} ms of raw onnxruntime",
+    "torchserve": f"TorchServe JPEG requests/s at least {TORCHSERVE_AIM:g} of the in-process ceiling",
+    "sweep": f"no layout loses more than {SWEEP_DROP:.0%} from its best point up to concurrency {SWEEP_CONCURRENCIES[-1]}",
+    "openvino": f"served OpenVINO at least {OPENVINO_AIM:g} of raw OpenVINO",
+}
 
 
 class Bench:
@@ -50,9 +61,10 @@ class Bench:
         self._models: dict[str, BenchModel] = {}
         self._raw: dict[tuple[str, int, int, int], Result] = {}
 
-    def model(self, name: str) -> BenchModel:
+    def model(self, name: str, repo: Path | None = None) -> BenchModel:
+        """A model of the repository (or of `repo`, a repository the run made)."""
         if name not in self._models:
-            self._models[name] = read_bench_model(self.repo, name, self.image)
+            self._models[name] = read_bench_model(repo or self.repo, name, self.image)
         return self._models[name]
 
     def raw(self, name: str, count: int, threads: int, batches: tuple[int, ...] = RAW_BATCHES) -> list[Result]:
@@ -214,9 +226,100 @@ def backends_section(b: Bench) -> Table:
     return table
 
 
+def drops(results: list[Result], limit: float = SWEEP_DROP) -> list[Result]:
+    """The points of a concurrency sweep (in increasing concurrency) after the best one that
+    lost more than `limit` of its throughput: a loss as load grows, not the ramp up to it."""
+    if not results:
+        return []
+    top = results.index(best(results))
+    return [r for r in results[top + 1:] if r.images_per_s < (1 - limit) * results[top].images_per_s]
+
+
+def sweep_section(b: Bench) -> Table:
+    """Binary HTTP at concurrency 1..32 for the model as configured (the default layout) and for
+    one instance with every core's thread, each point a ratio to the best raw onnxruntime."""
+    model = b.model(b.onnx_model)
+    top_raw = best(b.raw_onnx())
+    wide = f"{model.name}_1x{b.cores}"
+    repo = link_repository(b.tmp / "sweep", b.repo, [model.name])
+
+    def one_instance(config: mc.ModelConfig) -> None:
+        config.ClearField("instance_group")
+        config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+        config.parameters["intra_op_thread_count"].string_value = str(b.cores)
+
+    derived_model(b.repo / model.name, repo / wide, one_instance)
+    layouts = {model.name: "default layout", wide: f"1 instance x {b.cores} threads"}
+    table = Table(f"sweep: {model.name} over binary HTTP, concurrency {','.join(map(str, SWEEP_CONCURRENCIES))},"
+                  " vs the best raw onnxruntime", [(top_raw, top_raw)])
+    results: dict[str, list[Result]] = {}
+    with b.server("sweep", ["--model-repository", str(repo)], ("http",)) as ports:
+        port = ports["http"]
+        for name, label in layouts.items():
+            sender = HTTPSender(port, v2_binary_request(dataclasses.replace(model, name=name), port))
+            results[name] = [b.served(f"served {label}", sender, c) for c in SWEEP_CONCURRENCIES]
+    for name, label in layouts.items():
+        table.rows += [(r, top_raw) for r in results[name]]
+        top = best(results[name])
+        lost = drops(results[name])
+        table.notes.append(f"{label}: best {top.label.rsplit(', ', 1)[1]} ({top.images_per_s:.1f} images/s); "
+                           + (", ".join(f"{r.label.rsplit(', ', 1)[1]} {r.ratio(top):.2f} of it" for r in lost)
+                              if lost else f"no point after it below {1 - SWEEP_DROP:.2f} of it"))
+        worst = min((r.ratio(top) for r in results[name][results[name].index(top):]), default=1.0)
+        table.summary.append(
+            f"aim: {label} loses at most {SWEEP_DROP:.0%} from its best point ({top.label.rsplit(', ', 1)[1]}):"
+            f" lowest after it {worst:.2f}" + (f", DROP at {', '.join(r.label.rsplit(', ', 1)[1] for r in lost)}"
+                                               if lost else "") + f": {verdict(not lost)}")
+    return table
+
+
+def _openvino_repository(b: Bench, model: BenchModel) -> tuple[Path, str]:
+    """The ONNX model converted to OpenVINO IR (model.xml + model.bin, FP32 weights), served by
+    `backend: "openvino"` with the ONNX model's config otherwise."""
+    import openvino as ov
+
+    name = f"{model.name}_openvino"
+    repo = b.tmp / "openvino"
+
+    def openvino(config: mc.ModelConfig) -> None:
+        config.platform = ""
+        config.backend = "openvino"
+        config.default_model_filename = ""
+
+    derived_model(b.repo / model.name, repo / name, openvino, link_versions=False)
+    (repo / name / "1").mkdir()
+    ov.save_model(ov.convert_model(str(model.model_file)), str(repo / name / "1" / "model.xml"), compress_to_fp16=False)
+    return repo, name
+
+
+def openvino_section(b: Bench) -> Table:
+    model = b.model(b.onnx_model)
+    repo, name = _openvino_repository(b, model)
+    ov_model = b.model(name, repo)
+    count, threads = b.server_threads
+    raw_ort, raw_ov = best(b.raw(model.name, count, threads)), best(b.raw(name, count, threads))
+    table = Table(f"openvino: {model.name} as OpenVINO IR, raw OpenVINO and raw onnxruntime ({count} instance(s) x"
+                  f" {threads} thread(s), the better of batch {' and '.join(map(str, RAW_BATCHES))}) and served"
+                  " OpenVINO over binary HTTP", [(raw_ov, raw_ov), (raw_ort, raw_ov)])
+    with b.server("openvino", ["--model-repository", str(repo)], ("http",)) as ports:
+        sender = HTTPSender(ports["http"], v2_binary_request(ov_model, ports["http"]))
+        results = [b.served("served OpenVINO, binary HTTP", sender, c) for c in OPENVINO_CONCURRENCIES]
+    table.rows += [(r, raw_ov) for r in results]
+    top = best(results)
+    table.summary.append(f"openvino: raw OpenVINO / raw onnxruntime: {raw_ov.ratio(raw_ort):.2f}"
+                         f" ({raw_ov.images_per_s:.1f} vs {raw_ort.images_per_s:.1f} images/s)")
+    table.summary.append(
+        f"aim: served OpenVINO at least {OPENVINO_AIM:g} of raw OpenVINO: "
+        + ", ".join(f"{r.label.rsplit(', ', 1)[1]} {r.ratio(raw_ov):.2f}" for r in results)
+        + f": {verdict(top.ratio(raw_ov) >= OPENVINO_AIM)}")
+    return table
+
+
 SECTIONS: dict[str, Callable[[Bench], Table]] = {
     "onnx": onnx_section,
     "grpc": grpc_section,
     "torchserve": torchserve_section,
     "backends": backends_section,
+    "sweep": sweep_section,
+    "openvino": openvino_section,
 }

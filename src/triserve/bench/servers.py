@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 from triserve.bench.load import HOST
 
@@ -73,15 +73,21 @@ def link_repository(out: Path, source: Path, names: list[str], unbatched: tuple[
 
 def _without_batching(model_dir: Path, out: Path) -> None:
     """`model_dir` as model `out.name` without dynamic batching: its files linked, its config rewritten."""
+    derived_model(model_dir, out, lambda config: config.ClearField("dynamic_batching"))
+
+
+def derived_model(model_dir: Path, out: Path, change: Callable[[Any], None], link_versions: bool = True) -> None:
+    """`model_dir` as model `out.name`: its files linked (version folders too unless
+    `link_versions` is false), its config changed by `change(config)` and rewritten."""
     from google.protobuf import text_format
 
     from triserve.repository.triton import read_model
 
     config = read_model(model_dir.name, model_dir).config
-    out.mkdir()
+    out.mkdir(parents=True)
     for entry in model_dir.iterdir():
-        if entry.name != "config.pbtxt":
+        if entry.name != "config.pbtxt" and (link_versions or not entry.name.isdigit()):
             (out / entry.name).symlink_to(entry.resolve())
     config.name = out.name
-    config.ClearField("dynamic_batching")
+    change(config)
     (out / "config.pbtxt").write_text(text_format.MessageToString(config))

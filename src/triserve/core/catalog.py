@@ -63,6 +63,8 @@ class Settings:
     batch_size: int = 1
     max_batch_delay_ms: int = 100
     workers: int | None = None  # None: the core's default
+    response_timeout_s: int = 120  # TorchServe's response_timeout (described; not enforced)
+    startup_timeout_s: int = 120  # TorchServe's startup_timeout: the longest a start may take
 
 
 @dataclass

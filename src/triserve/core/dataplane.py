@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import Any, Awaitable, Coroutine
+from typing import Any, AsyncIterator, Awaitable, Coroutine
 
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
-from triserve.core import processors
+from triserve.core import decoupled, processors
 from triserve.core.catalog import Catalog, Registration, Registry
 from triserve.core.manager import ModelEntry, ModelManager
 from triserve.core.model import Model
@@ -66,6 +66,11 @@ def batches(size: int, limit: int) -> list[slice]:
     return [slice(i, min(i + limit, size)) for i in range(0, size, limit)]
 
 
+# A split request queues all its parts at once, on the event loop: this bounds that work (and
+# the queue one request can fill) whatever the instance count of a request.
+MAX_SPLIT_PARTS = 1024
+
+
 def max_rows(model: Model) -> int:
     """The most request rows one predict takes: the batch size (1 for a model that does not batch)."""
     return max(model.max_batch_size, 1)
@@ -84,6 +89,7 @@ class DataPlane:
         self.registry = registry  # where archives are registered at run time (TorchServe)
         self.configurable = configurable  # the catalog a config reload replaces (TF Serving)
         self._background: set[asyncio.Task] = set()
+        self.serving = True  # False while the server starts or drains: never ready then
 
     # -- health ---------------------------------------------------------------------------
     def live(self) -> bool:
@@ -91,7 +97,12 @@ class DataPlane:
 
     def ready(self, strict: bool | None = None) -> bool:
         """Strict: every model that was asked to load is ready. Otherwise: the server is up."""
-        return self.manager.ready(self.strict_readiness if strict is None else strict)
+        return self.serving and self.manager.ready(self.strict_readiness if strict is None else strict)
+
+    @property
+    def control_mode(self) -> str:
+        """none, poll or explicit (only explicit allows a client's load and unload)."""
+        return self.manager.control_mode
 
     # -- queries --------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -215,13 +226,16 @@ class DataPlane:
 
     async def unload(self, name: str, unload_dependents: bool = False) -> None:
         self._check_explicit()
-        await self.manager.unload(name)
+        await self.manager.unload(name, unload_dependents)
 
     def _check_explicit(self) -> None:
         mode = self.manager.control_mode
         if mode != "explicit":
+            # Triton's words in both modes (its clients and QA tests match them), then this server's mode.
             raise ServerError(
-                f"explicit model load / unload is not allowed if model control mode is {mode.upper()}", Code.UNAVAILABLE
+                "explicit model load / unload is not allowed if polling is enabled"
+                f" (model control mode is {mode.upper()}; --model-control-mode explicit allows it)",
+                Code.UNAVAILABLE,
             )
 
     async def register(self, url: str, model_name: str | None, params: dict[str, Any], wait: bool = True) -> Registration:
@@ -246,13 +260,25 @@ class DataPlane:
         return registration
 
     async def _start(self, registration: Registration) -> None:
+        """Start a new registration's workers; a start that fails, or takes longer than its
+        startup timeout (TorchServe's startup_timeout), unregisters it again."""
         registry = self._registry()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        loaded = False
         try:
             await self.manager.load(registration.name)
+            loaded = True
+            took = loop.time() - started
+            if took > registration.settings.startup_timeout_s:
+                raise ServerError(f"the start took {took:.3f} s, more than startup_timeout"
+                                  f" {registration.settings.startup_timeout_s} s", Code.UNAVAILABLE)
         except ServerError as e:
             removed = registry.remove(registration.name, registration.version)
             if registration.name not in registry.registered():
                 await self.manager.remove(registration.name)
+            elif loaded:
+                await self.manager.load(registration.name)  # without the version that was too slow
             registry.discard(removed)
             raise StatusError(
                 f"Failed to start workers for model {registration.name} version: {registration.version}: {e.message}",
@@ -359,6 +385,11 @@ class DataPlane:
         sizes = {a.shape[0] if a.ndim else 0 for a in request.inputs.values()}
         batch = sizes.pop() if len(sizes) == 1 else 0
         parts = batches(batch, model.max_batch_size) if split else [slice(None)]
+        if len(parts) > MAX_SPLIT_PARTS:
+            raise invalid(
+                f"a batch of {batch} needs {len(parts)} runs of model '{model.name}' (max batch size"
+                f" {model.max_batch_size}); at most {MAX_SPLIT_PARTS * model.max_batch_size} per request"
+            )
         if len(parts) == 1:
             return model.infer(request)
         pending = [
@@ -369,6 +400,17 @@ class DataPlane:
             for part in parts
         ]
         return _joined(model, request, pending)
+
+    def is_decoupled(self, model: Model) -> bool:
+        """Whether the model answers with many responses per request (streams only)."""
+        return decoupled.is_decoupled(model.config)
+
+    def stream(self, model: Model, request: InferRequest) -> AsyncIterator[InferResponse | ServerError]:
+        """A decoupled model's responses, each as it comes (a ServerError for an error response)."""
+        scheduler = model.scheduler
+        if not isinstance(scheduler, decoupled.DecoupledScheduler):
+            raise invalid(f"model '{model.name}' is not decoupled")
+        return scheduler.stream(model, request)
 
     async def predict(self, model: Model, rows: list[Row]) -> list[Reply]:
         """Request rows through the model's processor (JSON tensors for models without one) as

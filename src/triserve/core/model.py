@@ -14,9 +14,11 @@ from triserve import datatypes
 from triserve.core.classification import classify
 from triserve.core.processors import Processor
 from triserve.core.scheduler import BatchingPolicy, RunFn, Scheduler
+from triserve.core.sequence import SequenceBatcher, SequencePolicy
 from triserve.core.stats import ModelStats
 from triserve.core.types import InferRequest, InferResponse, RequestedOutput
 from triserve.errors import invalid
+from triserve.signatures import SIGNATURE_NAME, Signature
 
 log = logging.getLogger("triserve")
 
@@ -30,7 +32,40 @@ def read_labels(model_dir: Path, config: mc.ModelConfig) -> dict[str, list[str]]
             path = model_dir / output.label_filename
             if not path.is_file():
                 raise invalid(f"label file {path} of output '{output.name}' not found")
-            labels[output.name] = path.read_text().splitlines()
+            if path.suffix == ".json":
+                labels[output.name] = _index_to_name(path)
+            else:
+                labels[output.name] = path.read_text().splitlines()
+    return labels
+
+
+# Label files looked for beside a model whose outputs were auto-completed: Triton's, TorchServe's.
+LABEL_FILES = ("labels.txt", "index_to_name.json")
+
+
+def find_label_file(model_dir: Path, config: mc.ModelConfig) -> None:
+    """An auto-completed model with one output and a label file beside it: the output's labels."""
+    if len(config.output) != 1 or config.output[0].label_filename:
+        return
+    for name in LABEL_FILES:
+        if (model_dir / name).is_file():
+            config.output[0].label_filename = name
+            return
+
+
+def _index_to_name(path: Path) -> list[str]:
+    """TorchServe's {"0": "tench"} or {"0": ["n01440764", "tench"]} as labels (a list's last element)."""
+    import json
+
+    try:
+        mapping = json.loads(path.read_text(encoding="utf-8"))
+        pairs = sorted((int(k), v[-1] if isinstance(v, list) else v) for k, v in mapping.items())
+    except (ValueError, TypeError, AttributeError, IndexError):
+        raise invalid(f"label file {path.name} is not a JSON object of class index -> name") from None
+    labels = [""] * (pairs[-1][0] + 1 if pairs else 0)
+    for index, name in pairs:
+        if index >= 0:
+            labels[index] = str(name)
     return labels
 
 
@@ -44,6 +79,8 @@ class Model:
         closers: list,
         batch_limit: int | None = None,
         processor: Processor | None = None,
+        sequence: SequencePolicy | None = None,
+        signatures: Mapping[str, Signature] | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -59,11 +96,24 @@ class Model:
         self._required = {t.name for t in config.input if not t.optional}
         self.stats = ModelStats(self.name, version)
         self.loaded_at = time.time()  # when this version's instances became ready
+        self.load_seconds = 0.0  # how long the load took (the manager sets it)
         self._closers = closers
-        self.scheduler = Scheduler(
-            self.name, runners, self.output_names, BatchingPolicy.from_config(config, config.max_batch_size if batch_limit is None else batch_limit),
-            self.stats,
-        )
+        # The model's named signatures (TensorFlow SavedModels): a request naming one
+        # (parameters[signatures.SIGNATURE_NAME]) runs it with its own tensors, see infer_signature().
+        self.signatures = dict(signatures or {})
+        self.sequence_policy = sequence
+        if sequence is None and config.WhichOneof("scheduling_choice") == "sequence_batching":
+            self.sequence_policy = SequencePolicy.from_config(config)
+        self.scheduler: Scheduler | SequenceBatcher
+        if self.sequence_policy is not None:
+            self.scheduler = SequenceBatcher(
+                self.name, runners, self.output_names, self.sequence_policy, config.max_batch_size, self.stats
+            )
+        else:
+            self.scheduler = Scheduler(
+                self.name, runners, self.output_names, BatchingPolicy.from_config(config, config.max_batch_size if batch_limit is None else batch_limit),
+                self.stats,
+            )
 
     @property
     def instance_count(self) -> int:
@@ -80,6 +130,12 @@ class Model:
         Queuing happens before this returns, so a caller that looked this version up is
         answered by it even if a reload swaps in a new version before the caller awaits.
         """
+        if request.trace is not None:
+            request.trace.model_name, request.trace.model_version = self.name, self.version_str
+            request.trace.request_id = request.id
+            request.trace.stamp("REQUEST_START")
+        if SIGNATURE_NAME in request.parameters and self.signatures:
+            return self.infer_signature(request, request.parameters[SIGNATURE_NAME])
         headers = {name: (_datatype(array.dtype), array.shape) for name, array in request.inputs.items()}
         batch_size = self.check_inputs(headers, request.id)
         requested = request.outputs or [RequestedOutput(name) for name in self.output_names]
@@ -93,8 +149,59 @@ class Model:
             if out.class_count < 0:
                 raise invalid(f"classification count for output '{out.name}' must be positive")
         inputs = self._framework_inputs(request.inputs, batch_size)
-        pending = self.scheduler.enqueue(inputs, batch_size, request.priority, request.timeout_us)
+        if isinstance(self.scheduler, SequenceBatcher):
+            pending = self.scheduler.enqueue(
+                inputs, batch_size, request.sequence_id, request.sequence_start, request.sequence_end, request.timeout_us
+            )
+        else:
+            pending = self.scheduler.enqueue(inputs, batch_size, request.priority, request.timeout_us)
+        if request.trace is not None:
+            request.trace.stamp("QUEUE_START", pending.enqueued_ns)
+            pending.trace = request.trace  # the scheduler stamps its compute times
         return self._respond(request, requested, pending)
+
+    def infer_signature(self, request: InferRequest, name: str) -> Awaitable[InferResponse]:
+        """Queue a request for the named signature: its inputs and outputs are the signature's
+        keys; shapes and datatypes are the framework's to check (as TF Serving leaves them to
+        TensorFlow). It runs alone, never joined into a batch; no outputs asked means all."""
+        signature = self.signatures.get(name)
+        if signature is None:
+            raise invalid(f'Serving signature key "{name}" not found.')
+        for key, array in request.inputs.items():
+            if key not in signature.inputs:
+                raise invalid(
+                    f"input tensor alias not found in signature: {key}. Inputs expected to be in the set"
+                    f" {{{','.join(sorted(signature.inputs))}}}."
+                )
+            element_count(key, _datatype(array.dtype), array.shape)
+        if len(request.inputs) != len(signature.inputs):
+            missing = sorted(set(signature.inputs) - request.inputs.keys())
+            raise invalid(
+                f"input size does not match signature: {len(request.inputs)}!={len(signature.inputs)}"
+                f" len({{{','.join(sorted(request.inputs))}}}) != len({{{','.join(sorted(signature.inputs))}}})."
+                f" Sent extra: {{}}. Missing but required: {{{','.join(missing)}}}."
+            )
+        requested = [out.name for out in request.outputs] if request.outputs else list(signature.outputs)
+        seen: set[str] = set()
+        for out in requested:
+            if out not in signature.outputs:
+                raise invalid(
+                    f"output tensor alias not found in signature: {out} Outputs expected to be in the set"
+                    f" {{{','.join(sorted(signature.outputs))}}}."
+                )
+            if out in seen:
+                raise invalid(f"duplicate output tensor alias: {out}")
+            seen.add(out)
+        if not isinstance(self.scheduler, Scheduler):
+            raise invalid(f"model '{self.name}' batches sequences; only its configured signature runs")
+        pending = self.scheduler.enqueue(
+            dict(request.inputs), 0, request.priority, request.timeout_us, signature=name, outputs=requested
+        )
+        return self._respond_signature(request, pending)
+
+    async def _respond_signature(self, request: InferRequest, pending) -> InferResponse:
+        results = await self.scheduler.wait(pending)
+        return InferResponse(self.name, self.version_str, request.id, dict(results))
 
     async def _respond(self, request: InferRequest, requested: list[RequestedOutput], pending) -> InferResponse:
         results = await self.scheduler.wait(pending)
@@ -108,6 +215,9 @@ class Model:
             if out.class_count:
                 value = classify(value, out.class_count, self.labels.get(out.name, []), batched, out.name)
             outputs[out.name] = value
+        if request.trace is not None:
+            request.trace.stamp("INFER_RESPONSE_COMPLETE")
+            request.trace.stamp("REQUEST_END")
         return InferResponse(self.name, self.version_str, request.id, outputs)
 
     def check_inputs(

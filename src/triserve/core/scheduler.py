@@ -16,15 +16,17 @@ from typing import Any, Callable
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
+from triserve.backends import EXECUTION
 from triserve.core.stats import ModelStats
-from triserve.errors import ServerError, internal, unavailable
+from triserve.errors import QueueFull, ServerError, internal, unavailable
 
 # Model executions run here. Each instance's worker has at most one execution in flight, so
 # instances never share a thread at the same time; the threads outlive model versions, so a
 # reload does not leave another thread's malloc arena behind (unloads give memory back).
 EXECUTION_THREADS = ThreadPoolExecutor(max_workers=256, thread_name_prefix="execute")
 
-# run(inputs, output_names) -> outputs, called on an execution thread
+# run(inputs, output_names) -> outputs, called on an execution thread (and, for a model with
+# signatures, run(inputs, output_names, signature_name) for a request naming one)
 RunFn = Callable[[dict[str, np.ndarray], list[str]], dict[str, np.ndarray]]
 
 
@@ -39,6 +41,10 @@ class Pending:
     queued: bool = True
     timer: asyncio.TimerHandle | None = None
     result: Any = None
+    signature: str | None = None  # a named signature's request (never joined into a batch)...
+    outputs: list[str] | None = None  # ...and the outputs it asks for
+    trace: Any = None  # a traced request's Trace (core.trace): its compute times are stamped
+    deadline: float = 0.0  # time.monotonic() by which its timeout ends (0: none); backends.EXECUTION shows it
 
 
 @dataclass
@@ -172,10 +178,13 @@ class Scheduler:
         return await self.wait(self.enqueue(inputs, batch_size, priority, timeout_us))
 
     def enqueue(
-        self, inputs: dict[str, np.ndarray], batch_size: int, priority: int = 0, timeout_us: int | None = None
+        self, inputs: dict[str, np.ndarray], batch_size: int, priority: int = 0, timeout_us: int | None = None,
+        signature: str | None = None, outputs: list[str] | None = None,
     ) -> Pending:
         """Queue one request now (synchronously, so that a caller holding this model version
-        is served by it even if a reload swaps in another version before the caller awaits)."""
+        is served by it even if a reload swaps in another version before the caller awaits).
+        `signature`: run the model's signature of that name for `outputs`, alone (RunFn's third
+        argument), instead of the config's tensors."""
         if self._closed:
             raise unavailable(f"model '{self.model_name}' is being unloaded")
         loop = asyncio.get_running_loop()
@@ -183,14 +192,14 @@ class Scheduler:
         policy = self.policy.policies[level]
         if policy.max_queue_size and len(self.queue.levels[level]) >= policy.max_queue_size:
             self.stats.record_failure(0)
-            raise unavailable(
-                f"inference request for model '{self.model_name}' exceeds maximum queue size"
-            )
+            raise QueueFull(f"inference request for model '{self.model_name}' exceeds maximum queue size")
         p = Pending(inputs, batch_size, loop.create_future(), time.monotonic_ns(), level, self._seq)
+        p.signature, p.outputs = signature, outputs
         self._seq += 1
         timeout = policy.timeout_us(timeout_us)
         if timeout:
             p.timer = loop.call_later(timeout / 1e6, self._expire, p, policy.reject_on_timeout)
+            p.deadline = time.monotonic() + timeout / 1e6
         self.queue.levels[level].append(p)
         self.stats.pending += 1
         self._available.set()
@@ -251,7 +260,7 @@ class Scheduler:
             self._available.clear()
             await self._available.wait()
         batch = [first]
-        if not self.policy.dynamic:
+        if not self.policy.dynamic or first.signature is not None:
             return batch
         # Batches grow to the largest preferred size (or the limit) while requests are queued,
         # waiting up to max_queue_delay for more when the queue runs dry first.
@@ -271,7 +280,7 @@ class Scheduler:
                 except TimeoutError:
                     break
                 continue
-            if size + nxt.batch_size > limit or {k: v.shape[1:] for k, v in nxt.inputs.items()} != shapes:
+            if size + nxt.batch_size > limit or nxt.signature is not None or {k: v.shape[1:] for k, v in nxt.inputs.items()} != shapes:
                 break
             batch.append(self.queue.pop())
             size += nxt.batch_size
@@ -314,7 +323,14 @@ class Scheduler:
         else:
             inputs = {name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs}
         t1 = time.monotonic_ns()
-        outputs = run(inputs, self.output_names)
+        EXECUTION.deadline = min((p.deadline for p in batch if p.deadline), default=0.0)
+        try:
+            if batch[0].signature is None:
+                outputs = run(inputs, self.output_names)
+            else:  # a named signature's request, always alone: its own outputs
+                outputs = run(inputs, batch[0].outputs, batch[0].signature)  # type: ignore[call-arg]
+        finally:
+            EXECUTION.deadline = 0.0  # this thread's next execution may be another scheduler's
         t2 = time.monotonic_ns()
         if len(batch) == 1:
             batch[0].result = outputs
@@ -325,6 +341,9 @@ class Scheduler:
                 p.result = {name: value[offset:end] for name, value in outputs.items()}
                 offset = end
         t3 = time.monotonic_ns()
+        for p in batch:
+            if p.trace is not None:
+                p.trace.compute(t0, t1, t2, t3)
         return t1 - t0, t2 - t1, t3 - t2
 
     async def close(self) -> None:

@@ -47,6 +47,7 @@ class ModelStats:
         self.inference_count = 0
         self.execution_count = 0
         self.pending = 0  # requests queued or running
+        self.last: tuple[int, int, int, int, int] | None = None  # set by record_success
         self.success = Duration()
         self.fail = Duration()
         self.queue = Duration()
@@ -66,6 +67,7 @@ class ModelStats:
         self.request_histogram.observe(total_ns)
         self.queue_histogram.observe(queue_ns)
         self.last_inference_ms = int(time.time() * 1000)
+        self.last = (total_ns, queue_ns, input_ns, infer_ns, output_ns)  # the latest request (TorchServe's gauges)
 
     def record_failure(self, total_ns: int) -> None:
         self.fail.add(total_ns)

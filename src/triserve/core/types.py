@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from triserve.core.trace import Trace
+
 
 @dataclass
 class RequestedOutput:
@@ -22,6 +24,11 @@ class InferRequest:
     priority: int = 0  # 0: the model's default level; 1 is the highest
     timeout_us: int | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    # Sequence batching: the correlation id (0 or "": not in a sequence) and the start/end flags.
+    sequence_id: int | str = 0
+    sequence_start: bool = False
+    sequence_end: bool = False
+    trace: Trace | None = None  # set by a front end that samples this request for tracing
 
 
 @dataclass

@@ -107,6 +107,22 @@ def check_manifest(archive: Archive, allow_custom_handlers: bool) -> None:
                     where, model["requirementsFile"])
 
 
+def resolve_handler(handler: str, files: Any) -> str:
+    """A handler as TorchServe's model loader resolves it: the module is the last path part
+    before `:` (".py" dropped); a file of that name in the archive wins, else a built-in
+    handler of that name (`serve/ts/torch_handler/image_classifier.py:handle` is
+    `image_classifier`). Anything else stays as given (its start fails)."""
+    module, sep, function = handler.partition(":")
+    module = module.replace("\\", "/").rsplit("/", 1)[-1]
+    if module.endswith(".py"):
+        module = module[:-3]
+    if f"{module}.py" in files:
+        return f"{module}.py{sep}{function}"
+    if module in NATIVE or module in NOT_SUPPORTED:
+        return module
+    return handler
+
+
 def needs_code(manifest: dict) -> bool:
     model = manifest.get("model", {})
     return model.get("handler", "").split(":", 1)[0] not in NATIVE or bool(model.get("modelFile"))
@@ -241,7 +257,7 @@ class MarCatalog(Registry):
             registration = Registration("", DEFAULT_VERSION, url, path, Settings())
             with Archive(path, self.limits) as archive:
                 registration.manifest = archive.manifest
-                self._settle(registration, archive, model_name, params)
+                self._settle(registration, archive, model_name, params, registered=True)
                 self._check_new(registration)
                 target = folder / "model"
                 archive.extract(target)
@@ -298,9 +314,23 @@ class MarCatalog(Registry):
                     f"Model version {registration.version} is already registered for model {registration.name}"
                 )
 
-    def _settle(self, registration: Registration, archive: Archive, name: str | None, params: dict[str, Any]) -> None:
-        """Name, version and settings from the manifest, config.properties, model YAML and `params`."""
-        check_manifest(archive, self.options.allow_custom_handlers)
+    def _settle(self, registration: Registration, archive: Archive, name: str | None, params: dict[str, Any],
+                registered: bool = False) -> None:
+        """Name, version and settings from the manifest, config.properties, model YAML and `params`.
+
+        A `handler` parameter replaces the manifest's handler, as TorchServe's `model.setHandler`;
+        as in TorchServe a handler that does not resolve is found when workers start (the
+        registration stands, its start fails), not at registration."""
+        handler = params.get("handler")
+        if handler:
+            check_manifest(archive, self.options.allow_custom_handlers)
+            archive.manifest["model"]["handler"] = resolve_handler(str(handler), archive.files)
+            try:
+                check_manifest(archive, self.options.allow_custom_handlers)
+            except ServerError as e:
+                registration.error = e.message
+        else:
+            check_manifest(archive, self.options.allow_custom_handlers)
         model = archive.manifest["model"]
         name = name or model.get("modelName") or ""
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
@@ -308,6 +338,8 @@ class MarCatalog(Registry):
         registration.name = name
         registration.version = str(model.get("modelVersion") or DEFAULT_VERSION)
         settings = Settings(workers=self.options.default_workers)
+        if registered and settings.workers is None:
+            settings.workers = 0  # the register API's default: TorchServe's default_workers_per_model, 0
         per_model = self.options.models_config.get(name, {})
         if isinstance(per_model, dict):
             values = per_model.get(registration.version)
@@ -327,6 +359,9 @@ class MarCatalog(Registry):
             settings.max_batch_delay_ms = max(_int(params["max_batch_delay"], "max_batch_delay"), 0)
         if params.get("initial_workers") is not None:
             settings.workers = max(_int(params["initial_workers"], "initial_workers"), 0)
+        for key in ("response_timeout", "startup_timeout"):
+            if params.get(key) is not None:
+                setattr(settings, f"{key}_s", _int(params[key], key))
         registration.settings = settings
 
     def _extract(self, registration: Registration) -> None:
@@ -376,10 +411,29 @@ class MarCatalog(Registry):
                 " TorchScript (.pt) nor ONNX (.onnx)"
             )
         config.default_model_filename = serialized
-        if model["handler"].split(":", 1)[0] == "image_classifier" and config.platform == "pytorch_libtorch":
-            # TorchScript records no shapes: the input is what the handler makes; the backend
-            # finds the outputs with a test run.
-            config.input.add(name="input__0", data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW, dims=[3, 224, 224])
+        # Which built-in handler prepares the model's input (`triserve classify` preprocesses as it does).
+        config.parameters["torchserve_handler"].string_value = model["handler"].split(":", 1)[0]
+        handler = model["handler"].split(":", 1)[0]
+        if config.platform == "pytorch_libtorch":
+            # TorchScript records no shapes: the inputs are what the handler makes; the backend
+            # finds the outputs of fixed-size inputs with a test run, the others are listed.
+            if handler in ("image_classifier", "image_segmenter"):
+                config.input.add(name="input__0", data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW,
+                                 dims=[3, 224, 224])
+            elif handler == "object_detector":  # one image of its own size per request
+                config.max_batch_size = 0
+                config.ClearField("dynamic_batching")
+                config.input.add(name="input__0", data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NCHW,
+                                 dims=[3, -1, -1])
+                config.output.add(name="boxes__0", data_type=mc.TYPE_FP32, dims=[-1, 4])
+                config.output.add(name="labels__1", data_type=mc.TYPE_INT64, dims=[-1])
+                config.output.add(name="scores__2", data_type=mc.TYPE_FP32, dims=[-1])
+            elif handler == "text_classifier":  # TorchServe's handler takes one text per request
+                config.max_batch_size = 0
+                config.ClearField("dynamic_batching")
+                config.input.add(name="text__0", data_type=mc.TYPE_INT64, dims=[-1])
+                config.input.add(name="offsets__1", data_type=mc.TYPE_INT64, dims=[1])
+                config.output.add(name="output__0", data_type=mc.TYPE_FP32, dims=[1, -1])
         return config
 
     def _link_model_file(self, registration: Registration, filename: str) -> None:

@@ -33,14 +33,16 @@ class UploadedModels(Uploads):
         # The name and every path are checked before anything is written (or removed).
         problem = path_problem(name)
         if problem is not None or name in ("", ".", "..") or "/" in name:
-            raise invalid(f"failed to load {shown(name)}: the model name {problem or 'is not a folder name'};"
+            raise invalid(f"failed to load {shown(name)}, failed to poll from model repository: the model name"
+                          f" {problem or 'is not a folder name'};"
                           " uploaded files are written to a folder of that name")
         paths = {}
         for key, content in files.items():
             path = key.removeprefix("file:")
             problem = path_problem(path)
             if problem is not None or not PurePosixPath(path).parts:
-                raise invalid(f"failed to load '{name}': file path {shown(path)} {problem or 'is empty'}:"
+                raise invalid(f"failed to load '{name}', failed to poll from model repository: file path"
+                              f" {shown(path)} {problem or 'is empty'}:"
                               " a file path must stay inside the model folder")
             paths[PurePosixPath(path)] = content
         folder = self.root / name
@@ -57,7 +59,8 @@ class UploadedModels(Uploads):
                     f"failed to load '{name}': file {shown(str(relative))} could not be written: {reason(e)}"
                 ) from None
         if not version_folders(folder):
-            raise not_found(f"failed to load '{name}': the 'file:' parameters hold no numeric version folder")
+            raise not_found(f"failed to load '{name}', failed to poll from model repository: the 'file:' parameters"
+                            " hold no numeric version folder")
         try:
             return read_model(name, folder, config)
         except ServerError as e:  # its messages name the folder: the uploaded files, not the temp path

@@ -29,13 +29,17 @@ def error(call, *args) -> ServerError:
 def test_the_extensions_are_tritons_names():
     assert EXTENSIONS == [
         "classification",
+        "sequence",
         "model_repository",
         "model_repository(unload_dependents)",
         "schedule_policy",
         "model_configuration",
+        "system_shared_memory",
         "binary_tensor_data",
         "parameters",
         "statistics",
+        "trace",
+        "logging",
     ]
 
 

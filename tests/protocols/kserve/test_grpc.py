@@ -143,7 +143,7 @@ async def test_metadata_and_config_of_unknown_models_and_versions(client):
     error = await client_error(client.get_model_metadata("nope"))
     assert error.status() == "StatusCode.NOT_FOUND" and "unknown model: 'nope'" in error.message()
     error = await client_error(client.get_model_config("simple", "5"))
-    assert error.status() == "StatusCode.UNAVAILABLE" and "not at ready state" in error.message()
+    assert error.status() == "StatusCode.NOT_FOUND" and "'simple' version 5 is not found" in error.message()
 
 
 async def test_health_service_answers_serving(server):
@@ -166,9 +166,10 @@ async def test_strict_readiness_with_a_broken_model_while_good_models_serve(tmp_
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), (A + B)[None])
 
 
-async def test_unsupported_rpcs_answer_unimplemented(client):
-    error = await client_error(client.get_system_shared_memory_status())
-    assert error.status() == "StatusCode.UNIMPLEMENTED" and "not supported" in error.message()
+async def test_cuda_shared_memory_answers_tritons_words_for_a_server_without_gpus(client):
+    error = await client_error(client.register_cuda_shared_memory("gpu", b"\0" * 64, 0, 16))
+    assert error.status() == "StatusCode.INVALID_ARGUMENT"
+    assert error.message() == "failed to register CUDA shared memory region: 'gpu', GPUs not supported"
 
 
 # -- inference ----------------------------------------------------------------------------------
@@ -240,7 +241,7 @@ async def test_priority_and_timeout_are_accepted(client):
 
 def _bad_requests():
     yield "unknown model", raw_request("nope"), "NOT_FOUND", "unknown model: 'nope'"
-    yield "unknown version", raw_request(model_version="3"), "UNAVAILABLE", "version 3 is not at ready state"
+    yield "unknown version", raw_request(model_version="3"), "NOT_FOUND", "version 3 is not found"
     yield "version not a number", raw_request(model_version="three"), "INVALID_ARGUMENT", "is not a number"
     yield "wrong datatype", raw_request(a=A[None].astype(np.float32), datatype="FP32"), "INVALID_ARGUMENT", "data-type is 'FP32'"
     yield "wrong shape", raw_request(a=A[None, :15]), "INVALID_ARGUMENT", "unexpected shape for input 'INPUT0'"
@@ -283,7 +284,8 @@ def _bad_requests():
     yield "negative timeout", timeout, "INVALID_ARGUMENT", "'timeout' must be a non-negative integer"
     shared = raw_request()
     shared.inputs[0].parameters["shared_memory_region"].string_param = "region"
-    yield "shared memory input", shared, "UNIMPLEMENTED", "shared memory inputs are not supported"
+    del shared.raw_input_contents[0]  # the raw contents are those of the inputs not in shared memory
+    yield "shared memory input", shared, "NOT_FOUND", "Unable to find shared memory region: 'region'"
 
 
 @pytest.mark.parametrize("case", list(_bad_requests()), ids=lambda c: c[0])
@@ -388,6 +390,7 @@ async def test_repository_index_and_the_refusal_without_explicit_mode(client):
     for call in (client.load_model("simple"), client.unload_model("simple")):
         error = await client_error(call)
         assert error.status() == "StatusCode.UNAVAILABLE"
+        assert "explicit model load / unload is not allowed if polling is enabled" in error.message()
         assert "model control mode is NONE" in error.message()
     assert await client.is_model_ready("simple")
 
@@ -430,6 +433,7 @@ async def test_load_with_a_config_override(explicit):
     assert error.status() == "StatusCode.INVALID_ARGUMENT" and "batch-size must be <= 2" in error.message()
     error = await client_error(client.load_model("simple", config="{not json"))
     assert error.status() == "StatusCode.INVALID_ARGUMENT" and "failed to parse model config JSON" in error.message()
+    assert error.message().startswith("failed to load 'simple', failed to poll from model repository: ")
     assert (await client.get_model_config("simple")).config.max_batch_size == 2
 
 
@@ -463,3 +467,87 @@ async def test_file_parameters_must_be_bytes_and_come_with_a_config(explicit):
     no_config.parameters["file:1/model.onnx"].bytes_param = b"onnx"
     error = await rpc_error(explicit.stub.RepositoryModelLoad(no_config))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "'config' parameter must be given" in error.details()
+
+
+# -- BYTES tensors end to end (string models) ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+async def strings(tmp_path_factory) -> AsyncIterator[Served]:
+    """`simple_string` and `simple_identity` (tests/inprocess.py) served over gRPC."""
+    from tests.inprocess import string_repository
+
+    async with triton_dataplane(string_repository(tmp_path_factory.mktemp("strings"))) as plane:
+        async with served(plane) as s:
+            yield s
+
+
+NUMBERS = [str(i).encode() for i in range(16)]
+STRANGE = [b"he\x00llo", "é€😀".encode(), b"", b"\x00\x01\x02\x03", b"b'1'"]
+
+
+def _sums_of(result) -> tuple[list[int], list[int]]:
+    return [int(x) for x in result.as_numpy("OUTPUT0")[0]], [int(x) for x in result.as_numpy("OUTPUT1")[0]]
+
+
+async def test_string_model_with_raw_contents_as_tritonclient_sends_them(strings):
+    inputs = [aioclient.InferInput("INPUT0", [1, 16], "BYTES"), aioclient.InferInput("INPUT1", [1, 16], "BYTES")]
+    inputs[0].set_data_from_numpy(np.array([NUMBERS], dtype=np.object_))
+    inputs[1].set_data_from_numpy(np.array([[b"1"] * 16], dtype=np.object_))
+    result = await strings.client.infer("simple_string", inputs)
+    assert result.get_output("OUTPUT0").datatype == "BYTES"
+    assert _sums_of(result) == ([i + 1 for i in range(16)], [i - 1 for i in range(16)])
+
+
+async def test_string_model_with_bytes_contents(strings):
+    """grpc_explicit_byte_content_client.py's request: typed `bytes_contents`, raw outputs."""
+    request = pb.ModelInferRequest(model_name="simple_string")
+    for name, values in (("INPUT0", NUMBERS), ("INPUT1", [b"1"] * 16)):
+        tensor = request.inputs.add(name=name, datatype="BYTES", shape=[1, 16])
+        tensor.contents.bytes_contents.extend(values)
+    response = await strings.stub.ModelInfer(request)
+    assert [o.datatype for o in response.outputs] == ["BYTES", "BYTES"]
+    sums = tensors_from_raw(response.raw_output_contents[0], 16)
+    assert sums == [str(i + 1).encode() for i in range(16)]
+
+
+def tensors_from_raw(blob: bytes, count: int) -> list[bytes]:
+    from tritonclient.utils import deserialize_bytes_tensor
+
+    items = deserialize_bytes_tensor(blob).tolist()
+    assert len(items) == count
+    return items
+
+
+@pytest.mark.parametrize("typed", [False, True], ids=["raw_input_contents", "bytes_contents"])
+async def test_bytes_come_back_unchanged_through_a_string_identity_model(strings, typed):
+    request = pb.ModelInferRequest(model_name="simple_identity")
+    tensor = request.inputs.add(name="INPUT0", datatype="BYTES", shape=[1, len(STRANGE)])
+    if typed:
+        tensor.contents.bytes_contents.extend(STRANGE)
+    else:
+        from tritonclient.utils import serialize_byte_tensor
+
+        request.raw_input_contents.append(serialize_byte_tensor(np.array(STRANGE, dtype=np.object_)).item())
+    response = await strings.stub.ModelInfer(request)
+    assert list(response.outputs[0].shape) == [1, len(STRANGE)]
+    assert tensors_from_raw(response.raw_output_contents[0], len(STRANGE)) == STRANGE
+
+
+async def test_bytes_that_are_not_utf8_are_refused_for_an_onnx_string_input(strings):
+    request = pb.ModelInferRequest(model_name="simple_identity")
+    request.inputs.add(name="INPUT0", datatype="BYTES", shape=[1, 1]).contents.bytes_contents.append(b"\xff")
+    error = await rpc_error(strings.stub.ModelInfer(request))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "is not UTF-8 text" in error.details()
+
+
+# -- Triton's words ----------------------------------------------------------------------------
+
+async def test_load_errors_in_tritons_words(explicit):
+    error = await client_error(explicit.client.load_model("wrong_model_name"))
+    assert "failed to load 'wrong_model_name', failed to poll from model repository" in error.message()
+    error = await client_error(explicit.client.load_model("uploaded", config="{}", files={"file:" + "A" * 256: b"a"}))
+    assert "failed to load 'uploaded', failed to poll from model repository: " in error.message()
+    bad_input = {"max_batch_size": 2, "platform": "onnxruntime_onnx", "input": [{"name": "nope", "data_type": "TYPE_FP32", "dims": [3]}]}
+    error = await client_error(explicit.client.load_model("doubler", config=json.dumps(bad_input)))
+    assert error.message().startswith("load failed for model 'doubler': ") and "'nope'" in error.message()
+    assert await explicit.client.is_server_live()

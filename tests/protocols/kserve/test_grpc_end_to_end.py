@@ -291,7 +291,7 @@ def _raw_request(shape, data: bytes, datatype="FP32", model=MODEL, **fields) -> 
 
 def _bad_requests():
     yield "unknown model", _raw_request([1, 3, 224, 224], GOOD.tobytes(), model="nope"), "NOT_FOUND", "unknown model"
-    yield "unknown version", _raw_request([1, 3, 224, 224], GOOD.tobytes(), model_version="42"), "UNAVAILABLE", "not at ready state"
+    yield "unknown version", _raw_request([1, 3, 224, 224], GOOD.tobytes(), model_version="42"), "NOT_FOUND", "version 42 is not found"
     wrong_shape = np.zeros((1, 3, 200, 200), np.float32)
     yield "wrong shape", _raw_request([1, 3, 200, 200], wrong_shape.tobytes()), "INVALID_ARGUMENT", "unexpected shape"
     yield "wrong datatype", _raw_request([1, 3, 224, 224], GOOD.astype(np.float64).tobytes(), "FP64"), "INVALID_ARGUMENT", "data-type"
@@ -351,8 +351,8 @@ def test_tritonclient_surfaces_the_status(client):
     assert error.status() == "StatusCode.NOT_FOUND" and "unknown model" in error.message()
     error = _error(lambda: infer(client, np.zeros((1, 3, 200, 200), np.float32)))
     assert error.status() == "StatusCode.INVALID_ARGUMENT"
-    error = _error(lambda: client.get_system_shared_memory_status())
-    assert error.status() == "StatusCode.UNIMPLEMENTED"
+    error = _error(lambda: client.register_cuda_shared_memory("gpu", b"\0" * 64, 0, 16))
+    assert error.status() == "StatusCode.INVALID_ARGUMENT" and "GPUs not supported" in error.message()
     assert client.is_server_ready()
 
 

@@ -167,15 +167,16 @@ async def test_config_of_a_configured_model_keeps_its_labels(client):
 async def test_model_ready_per_version(client):
     assert (await client.get("/v2/models/simple/ready")).status_code == 200
     assert (await client.get("/v2/models/simple/versions/1/ready")).status_code == 200
-    assert_error(await client.get("/v2/models/simple/versions/2/ready"), 503, "version 2 is not at ready state")
+    # as Triton: a version the model never had is 404 "... is not found" (503 is for a known version not ready)
+    assert_error(await client.get("/v2/models/simple/versions/2/ready"), 404, "'simple' version 2 is not found")
     assert_error(await client.get("/v2/models/nope/ready"), 404, "unknown model")
 
 
 async def test_metadata_and_config_of_unknown_models_and_versions(client):
     assert_error(await client.get("/v2/models/nope"), 404, "unknown model: 'nope'")
     assert_error(await client.get("/v2/models/nope/config"), 404, "unknown model")
-    assert_error(await client.get("/v2/models/simple/versions/7"), 503, "not at ready state")
-    assert_error(await client.get("/v2/models/simple/versions/7/config"), 503, "not at ready state")
+    assert_error(await client.get("/v2/models/simple/versions/7"), 404, "Request for unknown model: 'simple' version 7 is not found")
+    assert_error(await client.get("/v2/models/simple/versions/7/config"), 404, "version 7 is not found")
 
 
 async def test_unknown_route_and_method_answer_json_errors(client):
@@ -216,7 +217,7 @@ async def test_statistics_of_every_model(client):
 
 async def test_statistics_of_unknown_models_and_versions(client):
     assert_error(await client.get("/v2/models/nope/stats"), 404, "unknown model")
-    assert_error(await client.get("/v2/models/simple/versions/9/stats"), 503, "not at ready state")
+    assert_error(await client.get("/v2/models/simple/versions/9/stats"), 404, "version 9 is not found")
 
 
 # -- model repository ----------------------------------------------------------------------------
@@ -230,8 +231,11 @@ async def test_repository_index_lists_every_version_and_its_state(client):
 
 
 async def test_load_and_unload_are_refused_without_explicit_mode(client):
-    assert_error(await client.post("/v2/repository/models/simple/load"), 503, "model control mode is NONE")
-    assert_error(await client.post("/v2/repository/models/simple/unload"), 503, "model control mode is NONE")
+    for action in ("load", "unload"):
+        response = await client.post(f"/v2/repository/models/simple/{action}")
+        # Triton's words in NONE mode too (its aio clients' tests match them), then the mode
+        assert_error(response, 503, "explicit model load / unload is not allowed if polling is enabled")
+        assert_error(response, 503, "model control mode is NONE")
     assert (await client.get("/v2/models/simple/ready")).status_code == 200
 
 
@@ -264,6 +268,9 @@ async def test_explicit_mode_loads_and_unloads_on_request(explicit):
     response = await explicit.post("/v2/repository/models/doubler/unload", json={"parameters": {"unload_dependents": True}})
     assert response.status_code == 200
     assert_error(await explicit.get("/v2/models/doubler/ready"), 503, "doubler")
+    # a version the model had, unloaded: known, so unavailable (not "not found"); one it never had is 404
+    assert_error(await explicit.get("/v2/models/doubler/versions/1/ready"), 503, "doubler")
+    assert_error(await explicit.get("/v2/models/doubler/versions/2/ready"), 404, "'doubler' version 2 is not found")
     rows = [r for r in (await explicit.post("/v2/repository/index")).json() if r["name"] == "doubler"]
     assert rows == [{"name": "doubler", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"}]
     assert (await explicit.get("/v2/models/simple/ready")).status_code == 200
@@ -299,6 +306,8 @@ async def test_load_with_a_config_override(explicit):
 async def test_load_with_a_bad_config_keeps_the_old_version(explicit, parameters, words):
     response = await explicit.post("/v2/repository/models/simple/load", json={"parameters": parameters})
     assert_error(response, 400, words)
+    # Triton's words (simple_http_model_control.py looks for "failed to load")
+    assert response.json()["error"].startswith("failed to load 'simple', failed to poll from model repository: ")
     assert (await explicit.get("/v2/models/simple/config")).json()["max_batch_size"] == 8
 
 
@@ -337,6 +346,8 @@ async def test_load_a_model_from_base64_file_parameters(explicit, tmp_path):
 async def test_load_with_bad_file_parameters(explicit, parameters, status, words):
     response = await explicit.post("/v2/repository/models/uploaded/load", json={"parameters": parameters})
     assert_error(response, status, words)
+    if "base64" not in words:  # the body's own encoding is the HTTP front end's to refuse, not a poll
+        assert_error(response, status, "failed to load 'uploaded', failed to poll from model repository: ")
 
 
 async def test_repository_requests_with_malformed_json(explicit):
@@ -521,7 +532,7 @@ def _with(**changes) -> dict:
 
 BAD_JSON_REQUESTS = [
     ("unknown model", "/v2/models/nope/infer", {"inputs": simple_inputs()}, 404, "unknown model: 'nope'"),
-    ("unknown version", "/v2/models/simple/versions/3/infer", {"inputs": simple_inputs()}, 503, "version 3 is not at ready state"),
+    ("unknown version", "/v2/models/simple/versions/3/infer", {"inputs": simple_inputs()}, 404, "version 3 is not found"),
     ("wrong datatype", None, {"inputs": simple_inputs(datatype="FP32")}, 400, "data-type is 'FP32', but model 'simple' expects 'INT32'"),
     ("wrong shape", None, {"inputs": simple_inputs(A[:15], B[:15])}, 400, "unexpected shape for input 'INPUT0'"),
     ("no batch dimension", None, {"inputs": simple_inputs(shape=[16])}, 400, "unexpected shape"),
@@ -591,3 +602,187 @@ async def test_good_requests_succeed_after_bad_ones(client):
     response = await client.post("/v2/models/simple/infer", json={"inputs": simple_inputs()})
     assert response.status_code == 200
     assert (await client.get("/v2/health/ready")).status_code == 200
+
+
+# -- BYTES tensors end to end (string models) ----------------------------------------------------
+
+def _float_identity_onnx(path: Path, dims: list) -> None:
+    """FP32 identity with the given dims (after the batch dim), for raw binary requests."""
+    from onnx import TensorProto, helper
+
+    from tests.inprocess import _save
+
+    tensor = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", *dims])  # noqa: E731
+    _save(helper.make_graph([helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])], "f", [tensor("INPUT0")], [tensor("OUTPUT0")]), path)
+
+
+def _identity_config(name: str, data_type: str, dims: list[int]) -> str:
+    return (
+        f'name: "{name}" platform: "onnxruntime_onnx" max_batch_size: 8'
+        f' input [ {{ name: "INPUT0" data_type: {data_type} dims: {dims} }} ]'
+        f' output [ {{ name: "OUTPUT0" data_type: {data_type} dims: {dims} }} ]'
+    )
+
+
+@pytest.fixture(scope="module")
+async def strings(tmp_path_factory) -> AsyncIterator[httpx.AsyncClient]:
+    """`simple_string` and `simple_identity` (tests/inprocess.py), plus models shaped for raw
+    binary requests: one string element, FP32 with one and with two variable dims."""
+    from tests.inprocess import string_identity_onnx, string_repository
+
+    root = string_repository(tmp_path_factory.mktemp("strings"))
+    string_identity_onnx(root / "one_string" / "1" / "model.onnx")
+    (root / "one_string" / "config.pbtxt").write_text(_identity_config("one_string", "TYPE_STRING", [1]))
+    _float_identity_onnx(root / "floats" / "1" / "model.onnx", ["n"])
+    (root / "floats" / "config.pbtxt").write_text(_identity_config("floats", "TYPE_FP32", [-1]))
+    _float_identity_onnx(root / "grid" / "1" / "model.onnx", ["h", "w"])
+    (root / "grid" / "config.pbtxt").write_text(_identity_config("grid", "TYPE_FP32", [-1, -1]))
+    async with triton_dataplane(root) as plane, rest_client(plane) as c:
+        yield c
+
+
+NUMBERS = [str(i) for i in range(16)]
+
+
+async def test_string_model_adds_numbers_sent_as_json_strings(strings):
+    body = {"inputs": [
+        {"name": "INPUT0", "datatype": "BYTES", "shape": [1, 16], "data": NUMBERS},
+        {"name": "INPUT1", "datatype": "BYTES", "shape": [1, 16], "data": ["1"] * 16},
+    ]}
+    response = await strings.post("/v2/models/simple_string/infer", json=body)
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    assert outputs["OUTPUT0"]["datatype"] == "BYTES" and outputs["OUTPUT0"]["shape"] == [1, 16]
+    assert outputs["OUTPUT0"]["data"] == [str(i + 1) for i in range(16)]
+    assert outputs["OUTPUT1"]["data"] == [str(i - 1) for i in range(16)]
+
+
+async def test_string_model_with_binary_and_json_tensors_as_tritonclient_sends_them(strings):
+    """simple_http_string_infer_client.py's request: INPUT0 binary, INPUT1 JSON, OUTPUT0 binary,
+    OUTPUT1 JSON; tritonclient reads the answer."""
+    inputs = [httpclient.InferInput("INPUT0", [1, 16], "BYTES"), httpclient.InferInput("INPUT1", [1, 16], "BYTES")]
+    inputs[0].set_data_from_numpy(np.array([[s.encode() for s in NUMBERS]], dtype=np.object_), binary_data=True)
+    inputs[1].set_data_from_numpy(np.array([[b"1"] * 16], dtype=np.object_), binary_data=False)
+    outputs = [httpclient.InferRequestedOutput("OUTPUT0", binary_data=True), httpclient.InferRequestedOutput("OUTPUT1", binary_data=False)]
+    body, json_size = httpclient.InferenceServerClient.generate_request_body(inputs, outputs=outputs)
+    response = await strings.post("/v2/models/simple_string/infer", content=body,
+                                  headers={"Inference-Header-Content-Length": str(json_size)})
+    assert response.status_code == 200, response.text
+    length = int(response.headers["inference-header-content-length"])
+    result = httpclient.InferenceServerClient.parse_response_body(response.content, header_length=length)
+    assert [int(x) for x in result.as_numpy("OUTPUT0")[0]] == [i + 1 for i in range(16)]
+    assert [int(x) for x in result.as_numpy("OUTPUT1")[0]] == [i - 1 for i in range(16)]
+    assert result.as_numpy("OUTPUT0").dtype == np.object_ and isinstance(result.as_numpy("OUTPUT0")[0][0], bytes)
+
+
+STRANGE = [b"he\x00llo", "é€😀".encode(), b"", b"\x00\x01\x02\x03", b"b'1'"]
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "JSON"])
+async def test_bytes_come_back_unchanged_through_a_string_identity_model(strings, binary):
+    array = np.array([STRANGE], dtype=np.object_)
+    tensor = httpclient.InferInput("INPUT0", list(array.shape), "BYTES")
+    tensor.set_data_from_numpy(array, binary_data=binary)
+    body, json_size = httpclient.InferenceServerClient.generate_request_body(
+        [tensor], outputs=[httpclient.InferRequestedOutput("OUTPUT0", binary_data=binary)]
+    )
+    headers = {"Inference-Header-Content-Length": str(json_size)} if json_size is not None else {}
+    response = await strings.post("/v2/models/simple_identity/infer", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    if binary:
+        length = int(response.headers["inference-header-content-length"])
+        result = httpclient.InferenceServerClient.parse_response_body(response.content, header_length=length)
+        assert result.as_numpy("OUTPUT0").tolist() == [STRANGE]
+    else:
+        (output,) = response.json()["outputs"]
+        assert output["data"] == [s.decode() for s in STRANGE]
+
+
+async def test_bytes_that_are_not_utf8_are_refused_for_an_onnx_string_input(strings):
+    tensor = httpclient.InferInput("INPUT0", [1, 2], "BYTES")
+    tensor.set_data_from_numpy(np.array([[b"ok", b"\xff\xfe"]], dtype=np.object_), binary_data=True)
+    body, json_size = httpclient.InferenceServerClient.generate_request_body([tensor])
+    response = await strings.post("/v2/models/simple_identity/infer", content=body,
+                                  headers={"Inference-Header-Content-Length": str(json_size)})
+    assert_error(response, 400, "input 'INPUT0': element 1 is not UTF-8 text")
+
+
+# -- raw binary requests (Inference-Header-Content-Length: 0) ---------------------------------
+
+RAW = {"Inference-Header-Content-Length": "0"}
+
+
+def _raw_output(response: httpx.Response) -> tuple[dict, bytes]:
+    assert response.status_code == 200, response.text
+    length = int(response.headers["inference-header-content-length"])  # outputs are binary
+    return json.loads(response.content[:length]), response.content[length:]
+
+
+async def test_raw_binary_request_is_the_single_input_with_the_configured_shape(client):
+    data = np.arange(5, dtype=np.float32)
+    header, blob = _raw_output(await client.post("/v2/models/scores/infer", content=data.tobytes(), headers=RAW))
+    (output,) = header["outputs"]
+    assert (output["name"], output["datatype"], output["shape"]) == ("OUTPUT", "FP32", [1, 5])
+    assert output["parameters"] == {"binary_data_size": 20} and blob == data.tobytes()
+
+
+@pytest.mark.parametrize("count", [8, 32])
+async def test_raw_binary_request_sizes_the_variable_dimension_from_the_data(strings, count):
+    data = np.arange(count, dtype=np.float32).tobytes()
+    header, blob = _raw_output(await strings.post("/v2/models/floats/infer", content=data, headers=RAW))
+    assert header["outputs"][0]["shape"] == [1, count] and blob == data
+
+
+async def test_raw_binary_string_input_is_one_element_answered_with_its_length_prefix(strings):
+    """Triton's QA test_byte: the answer is the BYTES output, its 4-byte length first."""
+    header, blob = _raw_output(await strings.post("/v2/models/one_string/infer", content=b"427", headers=RAW))
+    assert header["outputs"][0]["datatype"] == "BYTES"
+    assert blob == (3).to_bytes(4, "little") + b"427"
+
+
+@pytest.mark.parametrize("model, body, words", [
+    ("simple", bytes(128), "[request id: <id_unknown>] Raw request must only have 1 input (found 1) to be deduced"
+                           " but got 2 inputs in 'simple' model configuration"),
+    ("simple_identity", b"427", "For BYTE datatype raw input 'INPUT0', the model must have input shape [1]"),
+    ("grid", bytes(16), "The shape of the raw input 'INPUT0' can not be deduced because there are more than one"
+                        " variable-sized dimension"),
+], ids=["several inputs", "strings not of shape [1]", "two variable dims"])
+async def test_raw_binary_requests_triton_refuses(strings, client, model, body, words):
+    target = client if model == "simple" else strings
+    assert_error(await target.post(f"/v2/models/{model}/infer", content=body, headers=RAW), 400, words)
+
+
+async def test_raw_binary_request_of_the_wrong_size(client):
+    response = await client.post("/v2/models/scores/infer", content=bytes(12), headers=RAW)
+    assert_error(response, 400, "unexpected size 12 bytes for datatype FP32 and shape [1, 5], expected 20 bytes")
+
+
+# -- Triton's words where its clients and tests match them ----------------------------------
+
+async def test_the_model_is_looked_up_before_the_body_is_read(client):
+    for path, words in (("/v2/models/nope/infer", "Request for unknown model: 'nope' is not found"),
+                        ("/v2/models/simple/versions/99/infer", "Request for unknown model: 'simple' version 99 is not found")):
+        assert_error(await client.post(path, content=b"not JSON at all"), 404, words)
+        assert_error(await client.post(path, content=b"\x00", headers=RAW), 404, words)
+
+
+@pytest.mark.parametrize("value, words", [
+    ("ten", "Unable to parse Inference-Header-Content-Length, got: ten"),
+    ("99999999999", "inference header size should be in range (0, 2), got: 99999999999"),
+    ("-1", "inference header size should be in range (0, 2), got: -1"),
+])
+async def test_a_bad_header_length_in_tritons_words(client, value, words):
+    response = await client.post("/v2/models/scores/infer", content=b"{}", headers={"Inference-Header-Content-Length": value})
+    assert_error(response, 400, words)
+
+
+async def test_load_errors_in_tritons_words(explicit, tmp_path):
+    # a name the repository does not have (simple_http_model_control.py matches "failed to load")
+    response = await explicit.post("/v2/repository/models/wrong_model_name/load")
+    assert_error(response, 404, "failed to load 'wrong_model_name', failed to poll from model repository")
+    # a model that is found but fails to build: "load failed for model", as Triton's lifecycle tests match
+    parameters = {"config": json.dumps({"max_batch_size": 2, "platform": "onnxruntime_onnx",
+                                        "input": [{"name": "nope", "data_type": "TYPE_FP32", "dims": [3]}]})}
+    response = await explicit.post("/v2/repository/models/doubler/load", json={"parameters": parameters})
+    assert_error(response, 400, "load failed for model 'doubler': ")
+    assert_error(response, 400, "'nope'")

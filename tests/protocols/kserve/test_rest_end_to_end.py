@@ -124,10 +124,12 @@ def test_statistics_count_inferences(client):
     assert after["inference_stats"]["compute_infer"]["ns"] > before["inference_stats"]["compute_infer"]["ns"]
     assert any(b["batch_size"] == 3 for b in after["batch_stats"])
     all_models = client.get_inference_statistics()["model_stats"]
-    # the example repository also holds the TorchScript and SavedModel variants
-    assert sorted(s["name"] for s in all_models) == sorted(
-        [MODEL, "efficientnet_lite0_tf", "efficientnet_lite0_torch"]
-    )
+    # the example repository also holds the TorchScript, SavedModel and OpenVINO variants and the
+    # JPEG ensemble with its Python preprocessing step
+    assert sorted(s["name"] for s in all_models) == sorted([
+        MODEL, "efficientnet_lite0_tf", "efficientnet_lite0_torch", "efficientnet_lite0_openvino",
+        "efficientnet_lite0_jpeg", "preprocess",
+    ])
 
 
 # -- bad input: a clear JSON error with Triton's status code, while good requests keep working --
@@ -199,7 +201,7 @@ def test_unknown_url_and_method(example_server):
     assert r.status_code == 405 and "error" in r.json()
 
 
-def test_not_ready_model_version(client):
+def test_a_version_the_model_never_had_is_not_found(client):
     with pytest.raises(InferenceServerException) as e:
         client.get_model_metadata(MODEL, "42")
-    assert "not at ready state" in str(e.value)
+    assert e.value.status() == "404" and f"Request for unknown model: '{MODEL}' version 42 is not found" in str(e.value)

@@ -57,3 +57,15 @@ def triton_repository(tmp_path_factory) -> Path:
     """The tiny ONNX repository (`simple`, `scores`, `doubler`); tests only read it."""
     return tiny_repository(tmp_path_factory.mktemp("triton"))
 
+
+
+@pytest.fixture(scope="session")
+def testdata_server(start_server, tmp_path_factory):
+    """A server of TF Serving's own test models from a models.conf (half_plus_two, half_plus_three,
+    saved_model_half_plus_two_2_versions on the default policy: version 124), on both TF Serving ports."""
+    from tests.protocols.tfserving.models import HALF_PLUS_THREE, HALF_PLUS_TWO, TESTDATA
+
+    two_versions = f"config {{ name: 'saved_model_half_plus_two_2_versions' base_path: '{TESTDATA / 'saved_model_half_plus_two_2_versions'}' }}"
+    conf = tmp_path_factory.mktemp("testdata") / "models.conf"
+    conf.write_text("model_config_list {\n" + "\n".join((HALF_PLUS_TWO, HALF_PLUS_THREE, two_versions)) + "\n}\n")
+    return start_server("--model-config-file", conf, frontends=("tfserving_rest", "tfserving_grpc"))

@@ -1,6 +1,7 @@
 """TF Serving gRPC API in-process: the real grpc.aio server called with the stock
-tensorflow-serving-api stubs. PredictionService (Predict, GetModelMetadata) and ModelService
-(GetModelStatus, HandleReloadConfigRequest), with TF Serving's status codes."""
+tensorflow-serving-api stubs. PredictionService (Predict, Classify, Regress, MultiInference,
+GetModelMetadata) and ModelService (GetModelStatus, HandleReloadConfigRequest), with TF Serving's
+status codes, on the test's models and on TF Serving's own test models."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tensorflow_serving.apis import (  # noqa: E402
     get_model_metadata_pb2,
     get_model_status_pb2,
     inference_pb2,
+    input_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
@@ -32,7 +34,7 @@ from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
 from tests.conftest import free_port  # noqa: E402
 from tests.inprocess import running_dataplane, triton_dataplane  # noqa: E402
-from tests.protocols.tfserving.models import BROKEN, PLUS, STRINGS  # noqa: E402
+from tests.protocols.tfserving.models import BROKEN, CLASSIFIER, HALF_PLUS_THREE, HALF_PLUS_TWO, PLUS, STRINGS  # noqa: E402
 from triserve.core.dataplane import DataPlane  # noqa: E402
 from triserve.options import ServerOptions  # noqa: E402
 from triserve.protocols.tfserving.grpc import frontend  # noqa: E402
@@ -67,8 +69,9 @@ async def serving(dataplane: DataPlane) -> AsyncIterator[Stubs]:
 
 @pytest.fixture(scope="module")
 async def stubs(models_conf, triton_repository) -> AsyncIterator[Stubs]:
-    """The tiny ONNX models and the SavedModels behind one server; tests only read and predict."""
-    catalog = models_conf(PLUS, STRINGS, BROKEN)
+    """The tiny ONNX models, the SavedModels and TF Serving's test models behind one server;
+    tests only read and predict."""
+    catalog = models_conf(PLUS, STRINGS, BROKEN, CLASSIFIER, HALF_PLUS_TWO, HALF_PLUS_THREE)
     async with running_dataplane([catalog, TritonRepositories([triton_repository])]) as dataplane:
         async with serving(dataplane) as stubs:
             yield stubs
@@ -207,7 +210,7 @@ async def test_requests_the_model_cannot_take_are_invalid_arguments(stubs):
     request = doubler(np.ones((1, 3), np.float32))
     request.model_spec.signature_name = "other"
     e = await rpc_error(stubs.predict.Predict, request)
-    assert e.details() == 'Serving signature name: "other" not found in signature def'
+    assert e.details() == 'Serving signature key "other" not found.'
     short = tf.make_tensor_proto(np.ones((2, 3), np.float32))
     short.tensor_content = b"\x00" * 12
     e = await rpc_error(stubs.predict.Predict, doubler(short))
@@ -221,16 +224,6 @@ async def test_requests_the_model_cannot_take_are_invalid_arguments(stubs):
         predict_request("simple", {"INPUT0": ones(1)}),
     ):
         assert (await rpc_error(stubs.predict.Predict, request)).code() == grpc.StatusCode.INVALID_ARGUMENT
-
-
-@pytest.mark.anyio
-async def test_classify_regress_and_multi_inference_are_not_served(stubs):
-    for call, request in (
-        (stubs.predict.Classify, classification_pb2.ClassificationRequest()),
-        (stubs.predict.Regress, regression_pb2.RegressionRequest()),
-        (stubs.predict.MultiInference, inference_pb2.MultiInferenceRequest()),
-    ):
-        assert (await rpc_error(call, request)).code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 # -- GetModelMetadata ---------------------------------------------------------------------
@@ -268,6 +261,146 @@ async def test_metadata_errors(stubs):
     e = await rpc_error(stubs.predict.GetModelMetadata, metadata_request("simple", fields=("signature_def", "other")))
     assert (e.code(), e.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "Metadata field other is not supported")
     assert (await rpc_error(stubs.predict.GetModelMetadata, metadata_request("nope"))).code() == grpc.StatusCode.NOT_FOUND
+
+
+# -- TF Serving's own test models: every signature, Classify, Regress, MultiInference --------
+def example(**features: float) -> "tf.train.Example":
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={k: tf.train.Feature(float_list=tf.train.FloatList(value=[v])) for k, v in features.items()}
+        )
+    )
+
+
+def examples_input(*items, context=None) -> input_pb2.Input:
+    given = input_pb2.Input()
+    if context is None:
+        given.example_list.examples.extend(items)
+    else:
+        given.example_list_with_context.examples.extend(items)
+        given.example_list_with_context.context.CopyFrom(context)
+    return given
+
+
+def spec(request, name: str, signature_name: str = "", version: int | None = None):
+    request.model_spec.name = name
+    request.model_spec.signature_name = signature_name
+    if version is not None:
+        request.model_spec.version.value = version
+    return request
+
+
+@pytest.mark.anyio
+async def test_predict_on_half_plus_two_takes_what_tf_serving_takes(stubs):
+    """Shape [3] for x declared [-1,1] runs (TF Serving checks no shapes); the answer names the signature."""
+    request = predict_request("half_plus_two", {"x": np.array([1.0, 2.0, 5.0], np.float32)})
+    response = await stubs.predict.Predict(request, timeout=30)
+    np.testing.assert_array_equal(outputs(response)["y"], [2.5, 3.0, 4.5])
+    assert (response.model_spec.version.value, response.model_spec.signature_name) == (123, "serving_default")
+    request = predict_request("half_plus_two", {"inputs": np.array([[2.0]], np.float32)})
+    request.model_spec.signature_name = "regress_x2_to_y3"
+    response = await stubs.predict.Predict(request, timeout=30)
+    np.testing.assert_array_equal(outputs(response)["outputs"], [[4.0]])
+    assert response.model_spec.signature_name == "regress_x2_to_y3"
+    request = predict_request("saved_model_half_plus_three", {"x": np.array([1.0, 2.0, 5.0], np.float32)})
+    np.testing.assert_array_equal(outputs(await stubs.predict.Predict(request, timeout=30))["y"], [3.5, 4.0, 5.5])
+
+
+@pytest.mark.anyio
+async def test_classify_answers_classes_per_example(stubs):
+    request = spec(classification_pb2.ClassificationRequest(), "half_plus_two", "classify_x_to_y")
+    request.input.CopyFrom(examples_input(example(x=20.0), example(x=10.0)))
+    response = await stubs.predict.Classify(request, timeout=30)
+    assert [[(c.label, c.score) for c in row.classes] for row in response.result.classifications] == [[("", 12.0)], [("", 7.0)]]
+    assert (response.model_spec.name, response.model_spec.version.value) == ("half_plus_two", 123)
+    assert response.model_spec.signature_name == "classify_x_to_y"
+    # labels and several classes: the TF2 classifier (classes and scores [N,2])
+    request = spec(classification_pb2.ClassificationRequest(), "classifier")
+    request.input.CopyFrom(examples_input(example(x=0.0)))
+    (row,) = (await stubs.predict.Classify(request, timeout=30)).result.classifications
+    assert [(c.label, c.score) for c in row.classes] == [("pos", 0.5), ("neg", 0.5)]
+
+
+@pytest.mark.anyio
+async def test_regress_answers_one_value_per_example_and_merges_the_context(stubs):
+    request = spec(regression_pb2.RegressionRequest(), "half_plus_two", "regress_x_to_y2")
+    request.input.CopyFrom(examples_input(example(x=80.0), example(x=2.0)))
+    response = await stubs.predict.Regress(request, timeout=30)
+    assert [r.value for r in response.result.regressions] == [43.0, 4.0]
+    assert response.model_spec.signature_name == "regress_x_to_y2"
+    request = spec(regression_pb2.RegressionRequest(), "half_plus_two", "regress_x_to_y", version=123)
+    request.input.CopyFrom(examples_input(example(x2=1.0), context=example(x=80.0)))
+    assert [r.value for r in (await stubs.predict.Regress(request, timeout=30)).result.regressions] == [42.0]
+    request = spec(regression_pb2.RegressionRequest(), "saved_model_half_plus_three", "tensorflow/serving/regress")
+    request.input.CopyFrom(examples_input(example(x=1.0), example(x=2.0)))
+    assert [r.value for r in (await stubs.predict.Regress(request, timeout=30)).result.regressions] == [3.5, 4.0]
+
+
+@pytest.mark.anyio
+async def test_multi_inference_runs_every_task_on_the_same_examples(stubs):
+    request = inference_pb2.MultiInferenceRequest()
+    for signature_name, method in (
+        ("regress_x_to_y", "tensorflow/serving/regress"),
+        ("regress_x_to_y2", "tensorflow/serving/regress"),
+        ("classify_x_to_y", "tensorflow/serving/classify"),
+    ):
+        task = request.tasks.add(method_name=method)
+        spec(task, "half_plus_two", signature_name)
+    request.input.CopyFrom(examples_input(example(x=2.0), example(x=4.0)))
+    response = await stubs.predict.MultiInference(request, timeout=30)
+    first, second, third = response.results
+    assert [r.value for r in first.regression_result.regressions] == [3.0, 4.0]
+    assert [r.value for r in second.regression_result.regressions] == [4.0, 5.0]
+    assert [[c.score for c in row.classes] for row in third.classification_result.classifications] == [[3.0], [4.0]]
+    assert [(r.model_spec.signature_name, r.model_spec.version.value) for r in response.results] == [
+        ("regress_x_to_y", 123), ("regress_x_to_y2", 123), ("classify_x_to_y", 123),
+    ]
+
+
+@pytest.mark.anyio
+async def test_classify_regress_and_multi_inference_errors(stubs):
+    request = spec(classification_pb2.ClassificationRequest(), "half_plus_two", "regress_x_to_y")
+    request.input.CopyFrom(examples_input(example(x=1.0)))
+    e = await rpc_error(stubs.predict.Classify, request)
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.details() == 'Expected classification signature outputs to contain at least one of "classes" or "scores".'
+    request = spec(regression_pb2.RegressionRequest(), "half_plus_two", "nope")
+    request.input.CopyFrom(examples_input(example(x=1.0)))
+    assert (await rpc_error(stubs.predict.Regress, request)).details() == "No signature was found with the name: nope"
+    request = spec(regression_pb2.RegressionRequest(), "half_plus_two", "regress_x_to_y")
+    e = await rpc_error(stubs.predict.Regress, request)
+    assert (e.code(), e.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "Input is empty.")
+    request = spec(regression_pb2.RegressionRequest(), "nope", "regress_x_to_y")
+    assert (await rpc_error(stubs.predict.Regress, request)).code() == grpc.StatusCode.NOT_FOUND
+    request = inference_pb2.MultiInferenceRequest()
+    spec(request.tasks.add(method_name="tensorflow/serving/regress"), "half_plus_two", "regress_x_to_y")
+    spec(request.tasks.add(method_name="tensorflow/serving/regress"), "half_plus_two", "regress_x_to_y")
+    request.input.CopyFrom(examples_input(example(x=1.0)))
+    assert (await rpc_error(stubs.predict.MultiInference, request)).details() == "Duplicate evaluation of signature: regress_x_to_y"
+    request.tasks[1].model_spec.name = "plus"
+    assert (await rpc_error(stubs.predict.MultiInference, request)).details() == (
+        "All ModelSpecs in a MultiInferenceRequest must access the same model name."
+    )
+    request.tasks[1].model_spec.name = "half_plus_two"
+    request.tasks[1].model_spec.signature_name = "serving_default"
+    request.tasks[1].method_name = "tensorflow/serving/predict"
+    e = await rpc_error(stubs.predict.MultiInference, request)
+    assert (e.code(), e.details()) == (grpc.StatusCode.UNIMPLEMENTED, "Unsupported signature method_name: tensorflow/serving/predict")
+
+
+@pytest.mark.anyio
+async def test_metadata_lists_every_signature_with_graph_tensor_names(stubs):
+    response = await stubs.predict.GetModelMetadata(metadata_request("half_plus_two"), timeout=30)
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    assert response.metadata["signature_def"].Unpack(signatures)
+    assert sorted(signatures.signature_def) == [
+        "classify_x_to_y", "regress_x2_to_y3", "regress_x_to_y", "regress_x_to_y2", "serving_default",
+    ]
+    classify = signatures.signature_def["classify_x_to_y"]
+    assert classify.method_name == "tensorflow/serving/classify"
+    assert classify.inputs["inputs"].name == "tf_example:0" and classify.inputs["inputs"].tensor_shape.unknown_rank
+    assert classify.outputs["scores"].name == "y:0"
+    assert [d.size for d in classify.outputs["scores"].tensor_shape.dim] == [-1, 1]
 
 
 # -- GetModelStatus -----------------------------------------------------------------------
@@ -400,3 +533,37 @@ async def test_reload_config_needs_a_model_config(triton_repository):
         e = await rpc_error(stubs.models.HandleReloadConfigRequest, reload_request(STRINGS))
         assert e.code() == grpc.StatusCode.UNIMPLEMENTED
         assert e.details().startswith("this server has no TF Serving model config to reload")
+
+
+def test_an_input_that_is_not_an_input_message_is_an_invalid_argument():
+    """Classify / Regress / MultiInference read `input` as TF Serving's SerializedInput, unchecked until then."""
+    from triserve.errors import ServerError
+    from triserve.protocols.tfserving.grpc import serialized_examples
+
+    with pytest.raises(ServerError) as e:
+        serialized_examples(b"\x0a\xff\xff")
+    assert e.value.message == "the request's input is not a valid tensorflow.serving.Input message"
+    assert serialized_examples(b"") == []  # no examples: "Input is empty." once a signature is found
+
+
+@pytest.mark.anyio
+async def test_examples_are_capped_like_bytes_elements(models_conf):
+    """Each tf.Example becomes one Python object: --grpc-max-bytes-elements bounds them too."""
+    from triserve.options import GRPCOptions
+
+    catalog = models_conf(HALF_PLUS_TWO)
+    async with running_dataplane([catalog]) as dataplane:
+        port = free_port()
+        server = frontend(dataplane, ServerOptions(grpc=GRPCOptions(max_bytes_elements=2)), port)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                predict = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+                request = spec(regression_pb2.RegressionRequest(), "half_plus_two", "regress_x_to_y")
+                request.input.CopyFrom(examples_input(example(x=1.0), example(x=2.0)))
+                assert [r.value for r in (await predict.Regress(request, timeout=30)).result.regressions] == [2.5, 3.0]
+                request.input.example_list.examples.append(example(x=3.0))
+                e = await rpc_error(predict.Regress, request)
+                assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "--grpc-max-bytes-elements" in e.details()
+        finally:
+            await server.stop()

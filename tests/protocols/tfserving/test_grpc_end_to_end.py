@@ -1,5 +1,7 @@
 """TF Serving gRPC API with the stock tensorflow-serving-api client: Predict, GetModelMetadata,
-GetModelStatus, HandleReloadConfigRequest; our compiled protos against TensorFlow's own."""
+GetModelStatus, HandleReloadConfigRequest; Predict, Classify, Regress, MultiInference,
+GetModelMetadata and GetModelStatus on TF Serving's own test models served from a models.conf;
+our compiled protos against TensorFlow's own."""
 
 from __future__ import annotations
 
@@ -15,12 +17,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402  (the stock client needs it; the server does not)
 from google.protobuf import text_format  # noqa: E402
 from tensorflow_serving.apis import (  # noqa: E402
+    classification_pb2,
     get_model_metadata_pb2,
+    inference_pb2,
     get_model_status_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
@@ -76,12 +81,19 @@ def test_our_messages_match_tensorflow_serving_field_for_field():
 
     def compare(ours) -> None:
         nonlocal checked
-        theirs = pool.FindMessageTypeByName(_ours_to_tf(ours.full_name))
+        # SerializedInput and its lists are TF Serving's internal/serialized_input.proto: the same
+        # wire as Input, the tf.Examples read as bytes (that package is not in the pip wheel).
+        serialized = ours.name.startswith("Serialized")
+        theirs = pool.FindMessageTypeByName(_ours_to_tf(ours.full_name).replace(".Serialized", "."))
         for field in ours.fields:
             other = theirs.fields_by_number[field.number]
-            assert (field.name, field.type, field.is_repeated) == (other.name, other.type, other.is_repeated), field.full_name
+            other_type = other.type
+            if serialized and other.type == other.TYPE_MESSAGE and other.message_type.full_name == "tensorflow.Example":
+                other_type = field.TYPE_BYTES
+            assert (field.name, field.type, field.is_repeated) == (other.name, other_type, other.is_repeated), field.full_name
             if field.message_type is not None:
-                assert _ours_to_tf(field.message_type.full_name) == other.message_type.full_name, field.full_name
+                want = other.message_type.full_name
+                assert _ours_to_tf(field.message_type.full_name).replace(".Serialized", ".") == want, field.full_name
             checked += 1
         for nested in ours.nested_types:
             compare(nested)
@@ -173,7 +185,10 @@ def test_errors_have_tf_serving_codes(stubs):
     metadata = get_model_metadata_pb2.GetModelMetadataRequest()
     metadata.model_spec.name = "effnet"
     assert rpc_error(predict.GetModelMetadata, metadata).code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert rpc_error(predict.Classify, __import__("tensorflow_serving.apis.classification_pb2").apis.classification_pb2.ClassificationRequest()).code() == grpc.StatusCode.UNIMPLEMENTED
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = "effnet"  # its signature takes images, not tf.Examples
+    request.input.example_list.examples.add()
+    assert rpc_error(predict.Classify, request).code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 # -- ModelService -------------------------------------------------------------------------
@@ -232,3 +247,60 @@ def test_reload_config_replaces_the_model_list(start_server, tmp_path):
         )
         e = rpc_error(models.HandleReloadConfigRequest, model_management_pb2.ReloadConfigRequest(config=broken))
         assert e.code() == grpc.StatusCode.INTERNAL and "gone" in e.details()
+
+
+# -- TF Serving's own test models, served from a models.conf ---------------------------------
+def _example(x: float) -> tf.train.Example:
+    return tf.train.Example(features=tf.train.Features(feature={"x": tf.train.Feature(float_list=tf.train.FloatList(value=[x]))}))
+
+
+def test_the_stock_client_on_tf_servings_test_models(testdata_server):
+    """Predict, Classify, Regress, MultiInference, GetModelMetadata and GetModelStatus, each as the
+    tensorflow-serving-api client sends it, on half_plus_two / half_plus_three / 2_versions."""
+    with channel(testdata_server) as ch:
+        predict = prediction_service_pb2_grpc.PredictionServiceStub(ch)
+        models = model_service_pb2_grpc.ModelServiceStub(ch)
+
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "half_plus_two"
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto([1.0, 2.0, 5.0], dtype=tf.float32))  # [3] for [-1,1]
+        response = predict.Predict(request, timeout=60)
+        np.testing.assert_array_equal(tf.make_ndarray(response.outputs["y"]), [2.5, 3.0, 4.5])
+
+        request = classification_pb2.ClassificationRequest()
+        request.model_spec.name = "half_plus_two"
+        request.model_spec.signature_name = "classify_x_to_y"
+        request.input.example_list.examples.extend([_example(20.0), _example(10.0)])
+        result = predict.Classify(request, timeout=60).result
+        assert [[c.score for c in row.classes] for row in result.classifications] == [[12.0], [7.0]]
+
+        request = regression_pb2.RegressionRequest()
+        request.model_spec.name = "saved_model_half_plus_three"
+        request.model_spec.signature_name = "tensorflow/serving/regress"
+        request.input.example_list.examples.extend([_example(1.0), _example(2.0)])
+        assert [r.value for r in predict.Regress(request, timeout=60).result.regressions] == [3.5, 4.0]
+
+        request = inference_pb2.MultiInferenceRequest()
+        for signature_name, method in (("regress_x_to_y", "regress"), ("classify_x_to_y", "classify")):
+            task = request.tasks.add(method_name=f"tensorflow/serving/{method}")
+            task.model_spec.name = "saved_model_half_plus_two_2_versions"
+            task.model_spec.signature_name = signature_name
+        request.input.example_list.examples.append(_example(80.0))
+        first, second = predict.MultiInference(request, timeout=60).results
+        assert [r.value for r in first.regression_result.regressions] == [42.0]
+        assert [c.score for c in second.classification_result.classifications[0].classes] == [42.0]
+        assert first.model_spec.version.value == 124  # latest of the two versions
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request.model_spec.name = "saved_model_half_plus_two_2_versions"
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        assert predict.GetModelMetadata(request, timeout=60).metadata["signature_def"].Unpack(signatures)
+        assert len(signatures.signature_def) == 6
+        assert signatures.signature_def["serving_default"].inputs["x"].name == "x:0"
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = "saved_model_half_plus_two_2_versions"
+        response = models.GetModelStatus(request, timeout=60)
+        assert [(s.version, s.state) for s in response.model_version_status] == [
+            (124, get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+        ]

@@ -1,6 +1,7 @@
 """TF Serving REST API in-process (the Starlette app over httpx's ASGI transport): predict in row
 and columnar formats, classify and regress, status and metadata by version and label, TF
-Serving's errors, compressed bodies and the Prometheus metrics."""
+Serving's errors, compressed bodies and the Prometheus metrics; TF Serving's own test models
+answering what api_rest.md and TF Serving's REST handler tests show, on every signature."""
 
 from __future__ import annotations
 
@@ -17,7 +18,16 @@ import numpy as np
 import pytest
 
 from tests.inprocess import running_dataplane
-from tests.protocols.tfserving.models import CLASSIFIER, PLUS, REGRESSOR, STRINGS
+from tests.protocols.tfserving.models import (
+    CLASSIFIER,
+    HALF_PLUS_THREE,
+    HALF_PLUS_TWO,
+    PLUS,
+    REGRESSOR,
+    STRINGS,
+    TESTDATA,
+    TWO_VERSIONS,
+)
 from triserve.core.dataplane import DataPlane
 from triserve.protocols.tfserving.rest import TFServingREST, model_of
 from triserve.repository.triton import TritonRepositories
@@ -32,8 +42,9 @@ async def rest_client(dataplane: DataPlane) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture(scope="module")
 async def rest(models_conf, triton_repository) -> AsyncIterator[httpx.AsyncClient]:
-    """The tiny ONNX models and the SavedModels behind one REST app; tests only read and predict."""
-    catalog = models_conf(PLUS, STRINGS, CLASSIFIER, REGRESSOR)
+    """The tiny ONNX models, the SavedModels and TF Serving's test models behind one REST app;
+    tests only read and predict."""
+    catalog = models_conf(PLUS, STRINGS, CLASSIFIER, REGRESSOR, HALF_PLUS_TWO, HALF_PLUS_THREE, TWO_VERSIONS)
     async with running_dataplane([catalog, TritonRepositories([triton_repository])]) as dataplane:
         async with rest_client(dataplane) as client:
             yield client
@@ -158,13 +169,21 @@ async def test_more_examples_than_max_batch_size_are_answered_in_order(rest):
 
 
 @pytest.mark.anyio
-async def test_classify_and_regress_need_their_signature(rest):
+async def test_classify_and_regress_need_a_signature_of_their_layout(rest):
+    """As TF Serving checks them by default: the signature's keys, not its method_name."""
     assert error(await rest.post("/v1/models/simple:classify", json={"examples": [{"x": 1.0}]}), 400) == (
-        "Expected classification signature method_name to be tensorflow/serving/classify."
-        " Was: tensorflow/serving/predict"
+        "Expected one input Tensor."
     )
     assert error(await rest.post("/v1/models/classifier:regress", json={"examples": [{"x": 1.0}]}), 400) == (
-        "Expected regression signature method_name to be tensorflow/serving/regress. Was: tensorflow/serving/classify"
+        "Expected one output Tensor."
+    )
+    body = {"signature_name": "regress_x_to_y", "examples": [{"x": 1.0}]}
+    assert error(await rest.post("/v1/models/half_plus_two:classify", json=body), 400) == (
+        'Expected classification signature outputs to contain at least one of "classes" or "scores".'
+    )
+    body = {"signature_name": "nope", "examples": [{"x": 1.0}]}
+    assert error(await rest.post("/v1/models/half_plus_two:regress", json=body), 400) == (
+        "No signature was found with the name: nope"
     )
     assert error(await rest.post("/v1/models/classifier:classify", json={"instances": [1]}), 400) == (
         "JSON Value: When method is classify, key 'examples' is expected and was not found"
@@ -199,8 +218,106 @@ async def test_metadata_nests_the_signature_def_map_as_tf_serving_does(rest):
     assert sorted(signature["outputs"]) == ["OUTPUT0", "OUTPUT1"]
     assert ok(await rest.get("/v1/models/plus/labels/stable/metadata"))["model_spec"]["version"] == "1"
     assert ok(await rest.get("/v1/models/plus/metadata"))["model_spec"]["version"] == "2"
-    inputs = ok(await rest.get("/v1/models/classifier/metadata"))["metadata"]["signature_def"]["signature_def"]
-    assert inputs["serving_default"]["method_name"] == "tensorflow/serving/classify"
+    classifier = ok(await rest.get("/v1/models/classifier/metadata"))["metadata"]["signature_def"]["signature_def"]
+    assert classifier["serving_default"]["method_name"] == "tensorflow/serving/predict"  # as TF2 exports it
+    assert classifier["serving_default"]["inputs"]["inputs"]["name"] == "serving_default_inputs:0"
+
+
+# -- TF Serving's own test models ----------------------------------------------------------
+@pytest.mark.anyio
+async def test_the_api_rest_md_example_on_half_plus_three(rest):
+    """Every call of api_rest.md's example, answered as the document shows."""
+    assert ok(await rest.get("/v1/models/saved_model_half_plus_three")) == {
+        "model_version_status": [
+            {"version": "123", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
+    }
+    body = {"instances": [1.0, 2.0, 5.0]}  # shape [3]; the signature gives x no shape at all
+    assert ok(await rest.post("/v1/models/saved_model_half_plus_three:predict", json=body)) == {
+        "predictions": [3.5, 4.0, 5.5]
+    }
+    body = {"signature_name": "tensorflow/serving/regress", "examples": [{"x": 1.0}, {"x": 2.0}]}
+    assert ok(await rest.post("/v1/models/saved_model_half_plus_three:regress", json=body)) == {"results": [3.5, 4.0]}
+    response = await rest.post("/v1/models/half:predict", json={"instances": [1.0, 5.0]})
+    assert error(response, 404) == "Servable not found for request: Latest(half)"
+
+
+TWO = "/v1/models/saved_model_half_plus_two_2_versions"
+
+
+@pytest.mark.anyio
+async def test_predict_as_tf_servings_rest_handler_test_sends_it(rest):
+    """http_rest_api_handler_test.cc's Predict: shapes [2,2] and [2] for x declared [-1,1] run."""
+    assert ok(await rest.post(f"{TWO}:predict", json={"instances": [[1.0, 2.0], [3.0, 4.0]]})) == {
+        "predictions": [[2.5, 3.0], [3.5, 4.0]]
+    }
+    for path in (f"{TWO}/versions/123:predict", f"{TWO}/labels/Version_Label:predict"):
+        assert ok(await rest.post(path, json={"instances": [1.0, 2.0]})) == {"predictions": [2.5, 3.0]}
+    body = {"signature_name": "serving_default", "instances": [3.0, 4.0]}
+    assert ok(await rest.post(f"{TWO}/versions/123:predict", json=body)) == {"predictions": [3.5, 4.0]}
+    body = {"signature_name": "serving_default", "inputs": [3.0, 4.0]}
+    assert ok(await rest.post(f"{TWO}/versions/123:predict", json=body)) == {"outputs": [3.5, 4.0]}
+    assert "not of expected type: float" in error(await rest.post(f"{TWO}:predict", json={"instances": ["x", "y"]}), 400)
+    response = await rest.post(f"{TWO}/labels/Version_Nonexistent:predict", json={"instances": [1.0]})
+    assert "Unrecognized servable version label" in error(response, 400)
+
+
+@pytest.mark.anyio
+async def test_regress_and_classify_as_tf_servings_rest_handler_test_sends_them(rest):
+    body = {"signature_name": "regress_x_to_y", "examples": [{"x": 80.0}]}
+    for path in (TWO, f"{TWO}/versions/123", f"{TWO}/labels/Version_Label"):
+        assert ok(await rest.post(f"{path}:regress", json=body)) == {"results": [42]}
+    body = {"signature_name": "classify_x_to_y", "examples": [{"x": 20.0}]}
+    assert ok(await rest.post(f"{TWO}:classify", json=body)) == {"results": [[["", 12]]]}  # scores only: no label
+    body = {"signature_name": "classify_x_to_y", "examples": [{"x": 10.0}]}
+    assert ok(await rest.post(f"{TWO}/versions/123:classify", json=body)) == {"results": [[["", 7]]]}
+
+
+@pytest.mark.anyio
+async def test_every_signature_of_half_plus_two_is_reachable_by_name(rest):
+    examples = {"examples": [{"x": 1.0, "x2": 4.0}, {"x": 2.0, "x2": 6.0}]}
+    regress = "/v1/models/half_plus_two:regress"
+    assert ok(await rest.post(regress, json={"signature_name": "regress_x_to_y", **examples})) == {"results": [2.5, 3.0]}
+    assert ok(await rest.post(regress, json={"signature_name": "regress_x_to_y2", **examples})) == {"results": [3.5, 4.0]}
+    classify = "/v1/models/half_plus_two:classify"
+    body = {"signature_name": "classify_x_to_y", **examples}
+    assert ok(await rest.post(classify, json=body)) == {"results": [[["", 2.5]], [["", 3.0]]]}
+    # regress_x2_to_y3 takes the tensor x2 itself: a predict call on it, 0.5 x2 + 3
+    body = {"signature_name": "regress_x2_to_y3", "instances": [[4.0], [6.0]]}
+    assert ok(await rest.post("/v1/models/half_plus_two:predict", json=body)) == {"predictions": [[5.0], [6.0]]}
+    body = {"signature_name": "regress_x2_to_y3", "inputs": {"inputs": [1.0, 2.0, 3.0]}}
+    assert ok(await rest.post("/v1/models/half_plus_two:predict", json=body)) == {"outputs": [3.5, 4.0, 4.5]}
+    # a context shared by every example
+    body = {"signature_name": "regress_x_to_y", "context": {"x2": 1.0}, "examples": [{"x": 4.0}]}
+    assert ok(await rest.post(regress, json=body)) == {"results": [4.0]}
+
+
+@pytest.mark.anyio
+async def test_the_metadata_of_tf_servings_test_model_is_tf_servings(rest):
+    """The JSON TF Serving's own REST test expects (saved_model_half_plus_two_2_versions_metadata.json):
+    all six signatures, graph tensor names, unknown ranks."""
+    expected = json.loads((TESTDATA / "saved_model_half_plus_two_2_versions_metadata.json").read_text())
+    assert ok(await rest.get(f"{TWO}/versions/123/metadata")) == expected
+    half_plus_two = ok(await rest.get("/v1/models/half_plus_two/metadata"))["metadata"]["signature_def"]["signature_def"]
+    assert sorted(half_plus_two) == ["classify_x_to_y", "regress_x2_to_y3", "regress_x_to_y", "regress_x_to_y2", "serving_default"]
+    assert half_plus_two["classify_x_to_y"]["inputs"]["inputs"] == {
+        "name": "tf_example:0",
+        "dtype": "DT_STRING",
+        "tensor_shape": {"dim": [], "unknown_rank": True},
+    }
+
+
+@pytest.mark.anyio
+async def test_requests_a_signature_cannot_take(rest):
+    body = {"signature_name": "regress_x2_to_y3", "inputs": {"x": [1.0]}}
+    assert error(await rest.post("/v1/models/half_plus_two:predict", json=body), 400) == (
+        "Missing named input: inputs in 'inputs' object."
+    )
+    body = {"signature_name": "classify_x_to_y", "instances": [1.0]}  # serialized tf.Examples: strings
+    assert "not of expected type: string" in error(await rest.post("/v1/models/half_plus_two:predict", json=body), 400)
+    body = {"signature_name": "classify_x_to_y", "instances": ["not a tf.Example"]}
+    message = error(await rest.post("/v1/models/half_plus_two:predict", json=body), 400)
+    assert message.startswith("tensorflow refused the input:") and "/work" not in message
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -254,7 +371,7 @@ async def test_malformed_json(rest):
             "Failed to process element: 1 of 'instances' list. Error: Expecting shape [3] but got: [1]",
         ),
         ({"instances": [[[1.0], [2.0, 3.0]]]}, "input 'x': nested lists must be dense (every list at one level the same length)"),
-        ({"signature_name": "other", "instances": [[1.0, 2.0, 3.0]]}, 'Serving signature name: "other" not found in signature def'),
+        ({"signature_name": "other", "instances": [[1.0, 2.0, 3.0]]}, 'Serving signature key "other" not found.'),
         (
             {"signature_name": 1, "instances": [[1.0, 2.0, 3.0]]},
             "JSON Value: not formatted correctly. 'signature_name' key must be a string value.",
@@ -349,3 +466,40 @@ def test_the_request_log_names_the_model_a_path_names():
     assert model_of({"raw_path": b"/v1/models/plus/versions/2:predict"}) == "plus"
     assert model_of({"raw_path": b"/v1/models/my%20model/labels/stable/metadata"}) == "my model"
     assert model_of({"raw_path": b"/monitoring/prometheus/metrics"}) == ""
+
+
+@pytest.mark.anyio
+async def test_one_b64_value_per_instance_feeds_a_config_input_of_dims_one(tmp_path):
+    """{"instances": [{"b64": ...}]}: one encoded value per row for a Triton input of dims [1]
+    (an ensemble taking one image per row) becomes its [N, 1] tensor."""
+    from tests.inprocess import string_identity_onnx
+
+    string_identity_onnx(tmp_path / "one_string" / "1" / "model.onnx")
+    (tmp_path / "one_string" / "config.pbtxt").write_text(
+        'platform: "onnxruntime_onnx" max_batch_size: 8'
+        ' input [ { name: "INPUT0" data_type: TYPE_STRING dims: [ 1 ] } ]'
+        ' output [ { name: "OUTPUT0" data_type: TYPE_STRING dims: [ 1 ] } ]')
+    async with running_dataplane([TritonRepositories([tmp_path])]) as dataplane:
+        async with rest_client(dataplane) as client:
+            values = [b"first", b"second"]
+            body = {"instances": [{"b64": base64.b64encode(v).decode()} for v in values]}
+            answer = ok(await client.post("/v1/models/one_string:predict", json=body))
+            assert answer["predictions"] == [["first"], ["second"]]
+            # without the fit the same rows were [2] against [-1, 1]; a nested row still works as before
+            nested = {"instances": [[{"b64": base64.b64encode(v).decode()}] for v in values]}
+            assert ok(await client.post("/v1/models/one_string:predict", json=nested))["predictions"] == [["first"], ["second"]]
+
+
+@pytest.mark.anyio
+async def test_a_large_body_is_read_by_the_signature_it_names(rest):
+    """Bodies above processes.LARGE are decoded in a worker process: by the named signature's inputs."""
+    from triserve.protocols.transport import processes
+
+    values = [float(i % 7) for i in range(300_000)]
+    body = json.dumps({"signature_name": "regress_x2_to_y3", "inputs": {"inputs": values}}).encode()
+    assert len(body) > processes.LARGE
+    outputs = ok(await rest.post("/v1/models/half_plus_two:predict", content=body))["outputs"]
+    assert len(outputs) == len(values) and outputs[:8] == [0.5 * v + 3 for v in values[:8]]
+    body = json.dumps({"instances": values}).encode()  # serving_default, x of shape [200000]
+    predictions = ok(await rest.post("/v1/models/half_plus_two:predict", content=body))["predictions"]
+    assert predictions[:3] == [2.0, 2.5, 3.0]

@@ -186,8 +186,8 @@ def test_regress(rest):
 
 def test_classify_on_a_predict_signature_is_a_clear_error(rest):
     message = error(rest.post("/v1/models/effnet:classify", json={"examples": [{"x": 1.0}]}), 400)
-    assert "tensorflow/serving/classify" in message and "tensorflow/serving/predict" in message
-    assert "regress" in error(rest.post("/v1/models/classifier:regress", json={"examples": [{"x": 1.0}]}), 400)
+    assert message == "No classification inputs found in SignatureDef: inputs {input}, outputs {output}"
+    assert error(rest.post("/v1/models/classifier:regress", json={"examples": [{"x": 1.0}]}), 400) == "Expected one output Tensor."
     assert "examples" in error(rest.post("/v1/models/classifier:classify", json={"instances": [1]}), 400)
 
 
@@ -252,3 +252,33 @@ def test_prometheus_metrics(rest, chelsea_nhwc):
     count = [line for line in lines if line.startswith(':tensorflow:serving:request_count{model_name="effnet_latest",status="OK"}')]
     assert count and float(count[0].split()[-1]) >= 1
     assert any(line.startswith(":tensorflow:serving:request_latency_bucket{") for line in lines)
+
+
+# -- api_rest.md, call by call, against TF Serving's own test models -------------------------
+def test_every_api_rest_md_call_answers_as_the_document_shows(testdata_server):
+    """The document's `curl -d` calls (a form content type, as curl sends it) on half_plus_three,
+    and its status, metadata, classify and regress calls on the other test models."""
+    curl = {"content-type": "application/x-www-form-urlencoded"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{testdata_server.ports['tfserving_rest']}", timeout=120) as client:
+        assert ok(client.get("/v1/models/saved_model_half_plus_three")) == {
+            "model_version_status": [
+                {"version": "123", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            ]
+        }
+        response = client.post("/v1/models/saved_model_half_plus_three:predict", content=b'{"instances": [1.0,2.0,5.0]}', headers=curl)
+        assert ok(response) == {"predictions": [3.5, 4.0, 5.5]}
+        body = b'{"signature_name": "tensorflow/serving/regress", "examples": [{"x": 1.0}, {"x": 2.0}]}'
+        response = client.post("/v1/models/saved_model_half_plus_three:regress", content=body, headers=curl)
+        assert ok(response) == {"results": [3.5, 4.0]}
+        response = client.post("/v1/models/half:predict", content=b'{"instances": [1.0,5.0]}', headers=curl)
+        assert response.status_code == 404 and response.headers["content-type"] == "application/json"
+        assert response.json() == {"error": "Servable not found for request: Latest(half)"}
+        # the other URL forms of the document: versions, metadata, :classify
+        assert ok(client.get("/v1/models/saved_model_half_plus_two_2_versions/versions/124"))["model_version_status"][0]["version"] == "124"
+        metadata = ok(client.get("/v1/models/saved_model_half_plus_two_2_versions/metadata"))
+        assert metadata["model_spec"] == {"name": "saved_model_half_plus_two_2_versions", "signature_name": "", "version": "124"}
+        assert len(metadata["metadata"]["signature_def"]["signature_def"]) == 6
+        body = {"signature_name": "classify_x_to_y", "examples": [{"x": 20.0}]}
+        assert ok(client.post("/v1/models/half_plus_two:classify", json=body)) == {"results": [[["", 12]]]}
+        body = {"signature_name": "regress_x_to_y", "context": {"x2": 1.0}, "examples": [{"x": 80.0}]}
+        assert ok(client.post("/v1/models/half_plus_two/versions/123:regress", json=body)) == {"results": [42]}

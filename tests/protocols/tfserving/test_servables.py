@@ -11,7 +11,7 @@ from tests.inprocess import running_dataplane, simple_onnx
 from tests.protocols.tfserving.models import BROKEN, CLASSIFIER, PLUS, REGRESSOR, STRINGS
 from triserve.errors import Code, ServerError
 from triserve.protocols.tfserving import servables
-from triserve.protocols.tfserving.servables import Servables, check_signature, infer, method_name, signature_def_map
+from triserve.protocols.tfserving.servables import Servables, infer, method_name, signature, signature_def_map
 from triserve.protos import tensorflow_error_pb2 as tf_error
 from triserve.protos import tensorflow_pb2 as tf
 from triserve.protos import tfserving_apis_pb2 as apis
@@ -30,6 +30,17 @@ output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ -1, 16 ] }, { name: "OU
 """
 
 
+QUEUED_CONFIG = """
+name: "queued"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 16 ] }, { name: "INPUT1" data_type: TYPE_INT32 dims: [ 16 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 16 ] }, { name: "OUTPUT1" data_type: TYPE_INT32 dims: [ 16 ] } ]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+dynamic_batching { default_queue_policy { max_queue_size: 1 } }
+"""
+
+
 def error(call, *args) -> ServerError:
     with pytest.raises(ServerError) as e:
         call(*args)
@@ -42,10 +53,12 @@ def rows(response: apis.GetModelStatusResponse) -> list[tuple[int, int, int, str
 
 @pytest.fixture(scope="module")
 async def dataplane(models_conf, triton_repository, tmp_path_factory):
-    """The tiny ONNX models, `pair` (simple without batching) and the SavedModels; tests only read it."""
+    """The tiny ONNX models, `pair` (simple without batching), `queued` (simple with a queue of
+    one) and the SavedModels; tests only read it."""
     pair = tmp_path_factory.mktemp("pair")
-    simple_onnx(pair / "pair" / "1" / "model.onnx")
-    (pair / "pair" / "config.pbtxt").write_text(PAIR_CONFIG)
+    for name, config in (("pair", PAIR_CONFIG), ("queued", QUEUED_CONFIG)):
+        simple_onnx(pair / name / "1" / "model.onnx")
+        (pair / name / "config.pbtxt").write_text(config)
     catalog = models_conf(PLUS, STRINGS, CLASSIFIER, REGRESSOR, BROKEN)
     async with running_dataplane([catalog, TritonRepositories([triton_repository, pair])]) as dataplane:
         yield dataplane
@@ -134,19 +147,25 @@ async def test_a_triton_models_config_is_its_serving_default_signature(dataplane
 
 
 @pytest.mark.anyio
-async def test_the_method_is_read_from_the_signatures_layout(dataplane):
-    assert method_name(dataplane.model("classifier")) == "tensorflow/serving/classify"
-    assert method_name(dataplane.model("regressor")) == "tensorflow/serving/regress"
-    assert method_name(dataplane.model("strings")) == "tensorflow/serving/predict"  # its string input is not `inputs`
-    assert method_name(dataplane.model("simple")) == "tensorflow/serving/predict"
+async def test_a_savedmodels_signatures_are_its_own(dataplane):
+    """Graph tensor names, the SavedModel's shapes and method: TF2 exports every signature as predict."""
+    plus = signature_def_map(dataplane.model("plus")).signature_def
+    assert "serving_default" in plus
+    x = plus["serving_default"].inputs["x"]
+    assert x.name == "serving_default_x:0" and x.dtype == tf.DT_FLOAT and dims(x) == [-1, 1]
+    assert plus["serving_default"].outputs["y"].name.endswith(":0")
+    assert method_name(dataplane.model("classifier")) == "tensorflow/serving/predict"  # as TF2 writes it
     strings = signature_def_map(dataplane.model("strings")).signature_def["serving_default"]
     assert {name: info.dtype for name, info in strings.outputs.items()} == {
         "length": tf.DT_INT32,
         "upper": tf.DT_STRING,
         "echo_bytes": tf.DT_STRING,
     }
-    classifier = signature_def_map(dataplane.model("classifier")).signature_def["serving_default"]
-    assert classifier.method_name == "tensorflow/serving/classify"
+
+
+@pytest.mark.anyio
+async def test_a_triton_models_method_is_read_from_its_layout(dataplane):
+    assert method_name(dataplane.model("simple")) == "tensorflow/serving/predict"
 
 
 @pytest.mark.anyio
@@ -157,11 +176,12 @@ async def test_model_spec_names_the_version_that_answered(dataplane):
     assert found.model_spec(dataplane.model("simple"), signature_name="").signature_name == ""
 
 
-def test_serving_default_is_the_only_signature():
-    check_signature("")
-    check_signature("serving_default")
-    e = error(check_signature, "predict_images")
-    assert (e.code, e.message) == (Code.INVALID_ARG, 'Serving signature name: "predict_images" not found in signature def')
+@pytest.mark.anyio
+async def test_a_signature_is_found_by_name_and_empty_means_serving_default(dataplane):
+    assert signature(dataplane.model("simple"), "")[0] == "serving_default"
+    assert signature(dataplane.model("plus"), "serving_default")[0] == "serving_default"
+    e = error(signature, dataplane.model("simple"), "predict_images")
+    assert (e.code, e.message) == (Code.INVALID_ARG, 'Serving signature key "predict_images" not found.')
 
 
 # -- datatypes and codes ------------------------------------------------------------------
@@ -193,6 +213,18 @@ def test_datatypes_without_a_tensorflow_dtype():
 def test_error_codes_are_tensorflows_and_their_http_statuses(code, tf_code, status):
     assert servables.tf_code(ServerError("m", code)) == tf_code
     assert servables.HTTP_STATUS[tf_code] == status
+
+
+@pytest.mark.anyio
+async def test_a_full_queue_is_resource_exhausted_429_as_in_tf_serving(dataplane):
+    """The core's queue-full error is UNAVAILABLE (Triton's 503); TF Serving answers RESOURCE_EXHAUSTED."""
+    model = dataplane.model("queued")
+    inputs = {"INPUT0": np.ones((1, 16), np.int32), "INPUT1": np.ones((1, 16), np.int32)}
+    first = servables.queue(dataplane, model, inputs)  # queued now: nothing has run it yet
+    e = error(servables.queue, dataplane, model, inputs)
+    assert (e.code, e.message) == (Code.UNAVAILABLE, "inference request for model 'queued' exceeds maximum queue size")
+    assert servables.tf_code(e) == tf_error.RESOURCE_EXHAUSTED and servables.HTTP_STATUS[servables.tf_code(e)] == 429
+    np.testing.assert_array_equal((await first).outputs["OUTPUT0"], inputs["INPUT0"] * 2)
 
 
 def test_servables_are_named_as_tf_serving_names_them():

@@ -157,15 +157,16 @@ async def test_a_parameters_body_over_the_limit_is_refused():
     assert status_of(e.value) == (413, "RequestEntityTooLargeException")
 
 
-def test_flags_and_integers():
-    params = {"yes": "TRUE", "no": "false", "bool": True, "n": "3", "blank": "", "native": 7, "word": "three"}
+def test_flags_and_integers_parse_as_java_does():
+    params = {"yes": "TRUE", "no": "false", "bool": True, "n": "3", "blank": "", "native": 7, "word": "three",
+              "minus": "-1", "float": "2.5", "huge": "99999999999", "dash": "-1x", "nan": "Nan"}
     assert flag(params, "yes", False) and not flag(params, "no", True) and flag(params, "bool", False)
     assert flag(params, "missing", True) and not flag(params, "missing", False)
-    assert integer(params, "n", None) == 3 and integer(params, "native", None) == 7
-    assert integer(params, "blank", 1) == 1 and integer(params, "missing", None) is None
-    with pytest.raises(ServerError) as e:
-        integer(params, "word", 1)
-    assert e.value.message == "Invalid value for parameter word: 'three' is not an integer"
+    assert not flag(params, "minus", True) and not flag(params, "nan", True)  # parseBoolean: only "true"
+    assert integer(params, "n", 0) == 3 and integer(params, "native", 0) == 7 and integer(params, "minus", 0) == -1
+    # Integer.parseInt failing gives the default, as TorchServe's getIntParameter
+    for key in ("blank", "missing", "word", "float", "huge", "dash", "bool"):
+        assert integer(params, key, 42) == 42, key
 
 
 # -- errors ----------------------------------------------------------------------------------

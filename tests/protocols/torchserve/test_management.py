@@ -49,7 +49,9 @@ async def test_list_pages_through_archives_and_repository_models(store, tmp_path
             everything = (await management.get("/models", params={"limit": 1000})).json()
     assert first == {"nextPageToken": "2", "models": [{"modelName": "adder", "modelUrl": "adder.mar"},
                                                       {"modelName": "doubler", "modelUrl": "doubler"}]}
-    assert rest == {"models": [{"modelName": "scores", "modelUrl": "scores"}, {"modelName": "simple", "modelUrl": "simple"}]}
+    # as TorchServe's getModelList: a page that ends the list exactly still has a token
+    assert rest == {"nextPageToken": "4",
+                    "models": [{"modelName": "scores", "modelUrl": "scores"}, {"modelName": "simple", "modelUrl": "simple"}]}
     assert [m["modelName"] for m in everything["models"]] == ["adder", "doubler", "scores", "simple"]  # limit 1000 is 100
 
 
@@ -111,7 +113,8 @@ async def test_register_takes_a_json_body_too(store):
 async def test_register_asynchronously_answers_202_and_loads_in_the_background(store):
     async with archive_dataplane(store) as dataplane:
         async with apis(dataplane) as (management, inference):
-            response = await management.post("/models", params={"url": "adder.mar", "synchronous": "false"})
+            response = await management.post("/models", params={"url": "adder.mar", "synchronous": "false",
+                                                                "initial_workers": 1})
             assert response.status_code == 202
             assert response.json() == {"status": "Processing worker updates..."}
             await background_work_done(dataplane)
@@ -145,7 +148,7 @@ async def test_register_and_unregister_need_the_model_api(store):
 async def test_a_new_model_that_fails_to_load_is_unregistered_again(store):
     async with archive_dataplane(store) as dataplane:
         async with apis(dataplane) as (management, _):
-            response = await management.post("/models", params={"url": "broken.mar"})
+            response = await management.post("/models", params={"url": "broken.mar", "initial_workers": 1})
             listed = (await management.get("/models")).json()["models"]
             describe = await management.get("/models/broken")
     message = assert_error(response, 500, "InternalServerException")["message"]
@@ -158,7 +161,7 @@ async def test_a_new_model_that_fails_to_load_is_unregistered_again(store):
 async def test_a_new_version_that_fails_to_load_leaves_the_others_serving(store):
     async with archive_dataplane(store, "adder.mar") as dataplane:
         async with apis(dataplane) as (management, inference):
-            response = await management.post("/models", params={"url": "adder_v3.mar"})
+            response = await management.post("/models", params={"url": "adder_v3.mar", "initial_workers": 1})
             every = await described(management, "/models/adder/all")
             answer = await first_output(inference, "/predictions/adder")
             gone = await inference.post("/predictions/adder/3.0", json=ROW)
@@ -170,7 +173,8 @@ async def test_a_new_version_that_fails_to_load_leaves_the_others_serving(store)
 async def test_a_background_registration_that_fails_is_unregistered_again(store):
     async with archive_dataplane(store) as dataplane:
         async with apis(dataplane) as (management, _):
-            response = await management.post("/models", params={"url": "broken.mar", "synchronous": "false"})
+            response = await management.post("/models", params={"url": "broken.mar", "synchronous": "false",
+                                                                "initial_workers": 1})
             assert response.status_code == 202
             await background_work_done(dataplane)
             assert not dataplane.is_registered("broken") and dataplane.names() == []
@@ -264,9 +268,9 @@ async def test_scale_refuses_bad_worker_counts_and_unknown_models(store):
             not_a_number = await management.put("/models/adder", params={"min_worker": "two"})
             model = await management.put("/models/nope", params={"min_worker": 1})
             version = await management.put("/models/adder/9.9", params={"min_worker": 1})
-    assert_error(negative, 400, "BadRequestException")
+    assert_error(negative, 500, "InternalServerException")  # as TorchServe answers a negative min_worker
     assert_error(inverted, 400, "BadRequestException")
-    assert_error(not_a_number, 400, "BadRequestException")
+    assert not_a_number.status_code == 202  # not an integer: the default, 1 (TorchServe's getIntParameter)
     assert_error(model, 404, "ModelNotFoundException")
     assert_error(version, 404, "ModelVersionNotFoundException")
 
@@ -303,7 +307,7 @@ async def test_unregister_one_version_then_all(store):
             listed = (await management.get("/models")).json()["models"]
     assert (assert_error(default, 403, "InvalidModelVersionException")["message"]
             == "Cannot remove default version for model adder")
-    assert second.json() == {"status": 'Model "adder" version: 2.0 unregistered'}
+    assert second.json() == {"status": 'Model "adder" unregistered'}  # TorchServe's words, version or not
     assert_error(gone, 404, "ModelVersionNotFoundException")
     assert answer == SUM
     assert everything.json() == {"status": 'Model "adder" unregistered'}
@@ -322,3 +326,114 @@ async def test_unregister_refuses_unknown_and_repository_models(store, tmp_path)
     assert_error(version, 404, "ModelVersionNotFoundException")
     assert "repository" in assert_error(repository, 400, "BadRequestException")["message"]
     assert answer == SUM
+
+
+# -- TorchServe 0.12's reading of the register and scale parameters ---------------------------
+async def test_register_without_initial_workers_registers_zero_workers_as_torchserve(store):
+    async with archive_dataplane(store) as dataplane:
+        async with apis(dataplane) as (management, inference):
+            response = await management.post("/models", params={"url": "adder.mar", "synchronous": "-1"})
+            predicted = await inference.post("/predictions/adder", json=ROW)
+            scaled = await management.put("/models/adder", params={"min_worker": 1, "synchronous": "true"})
+            answer = await first_output(inference, "/predictions/adder")
+    # synchronous=-1 is false to Java's parseBoolean, but with 0 workers there is nothing to wait for: 200
+    assert response.status_code == 200 and "registered with 0 initial workers" in response.json()["status"]
+    assert_error(predicted, 503, "ServiceUnavailableException")
+    assert scaled.json() == {"status": "Workers scaled to 1 for model: adder"} and answer == SUM
+
+
+async def test_register_parameters_that_are_not_integers_take_torchserve_defaults(store):
+    async with archive_dataplane(store) as dataplane:
+        async with apis(dataplane) as (management, _):
+            batch = await management.post("/models", params={"url": "adder.mar", "batch_size": "dd", "initial_workers": 1})
+            (first,) = await described(management, "/models/adder")
+            await management.delete("/models/adder")
+            delay = await management.post("/models", params={"url": "adder.mar", "batch_size": 2, "initial_workers": 1,
+                                                             "max_batch_delay": "junk"})
+            (second,) = await described(management, "/models/adder")
+    assert batch.status_code == 200 and first["batchSize"] == 1 and len(first["workers"]) == 1
+    assert delay.status_code == 200 and second["batchSize"] == 2 and second["maxBatchDelay"] == 100
+
+
+async def test_register_refuses_an_unknown_runtime_and_answers_404_for_an_empty_url(store):
+    async with archive_dataplane(store) as dataplane:
+        async with apis(dataplane) as (management, _):
+            runtime = await management.post("/models", params={"url": "adder.mar", "runtime": "python4"})
+            python3 = await management.post("/models", params={"url": "adder.mar", "runtime": "python3"})
+            empty = await management.post("/models", params={"url": "", "model_name": "adder2"})
+    assert assert_error(runtime, 400, "BadRequestException")["message"] == "Invalid RuntimeType value: python4"
+    assert python3.status_code == 200
+    assert_error(empty, 404, "ModelNotFoundException")
+
+
+async def test_a_handler_parameter_resolves_as_torchserve_resolves_it(store):
+    async with archive_dataplane(store) as dataplane:
+        async with apis(dataplane) as (management, inference):
+            # a path to TorchServe's own handler file is its built-in of that name
+            path = await management.post("/models", params={
+                "url": "colors.mar", "model_name": "paths", "initial_workers": 1,
+                "handler": "serve/ts/torch_handler/base_handler.py:handle"})
+            tensors = await inference.post("/predictions/paths", json={"image": [[[0.5] * 224] * 224] * 3})
+            # a handler that resolves to nothing registers (0 workers), and fails when workers start
+            invalid = await management.post("/models", params={"url": "adder.mar", "handler": "invalidHandler"})
+            start = await management.put("/models/adder", params={"min_worker": 1, "synchronous": "true"})
+            still = [m["modelName"] for m in (await management.get("/models")).json()["models"]]
+            removed = await management.delete("/models/adder")
+    assert path.status_code == 200, path.text
+    # base_handler answers the model's tensors (not image_classifier's labels)
+    assert tensors.status_code == 200 and tensors.json() == [0.5, 0.5, 0.5]
+    assert invalid.status_code == 200
+    message = assert_error(start, 500, "InternalServerException")["message"]
+    assert message.startswith("Failed to start workers for model adder") and "invalidHandler" in message
+    assert "adder" in still and removed.status_code == 200
+
+
+async def test_startup_timeout_bounds_the_start_of_workers(store):
+    async with archive_dataplane(store) as dataplane:
+        async with apis(dataplane) as (management, _):
+            timed_out = await management.post("/models", params={"url": "adder.mar", "batch_size": 3,
+                                                                 "initial_workers": 3, "startup_timeout": 0})
+            gone = dataplane.is_registered("adder")
+            no_workers = await management.post("/models", params={"url": "adder.mar", "startup_timeout": 0})
+            (described_,) = await described(management, "/models/adder")
+    message = assert_error(timed_out, 500, "InternalServerException")["message"]
+    assert "startup_timeout 0 s" in message and not gone
+    assert no_workers.status_code == 200 and described_["startupTimeout"] == 0
+
+
+async def test_scale_reads_its_parameters_as_torchserve(store):
+    async with archive_dataplane(store, "adder.mar") as dataplane:
+        async with apis(dataplane) as (management, _):
+            nan = await management.put("/models/adder", params={"min_worker": "nan", "synchronous": "nan"})
+            await background_work_done(dataplane)
+            version = await management.put("/models/adder", params={"min_worker": 2, "model_version": "9.9"})
+            max_negative = await management.put("/models/adder", params={"max_worker": -1})
+            no_params = await management.put("/models/adder")
+    assert nan.status_code == 202 and nan.json() == {"status": "Processing worker updates..."}
+    assert_error(version, 404, "ModelVersionNotFoundException")
+    assert assert_error(max_negative, 400, "BadRequestException")["message"] == "max_worker cannot be less than min_worker."
+    assert no_params.status_code == 202
+
+
+async def test_options_describes_the_management_api_as_torchserve(store):
+    async with archive_dataplane(store, "adder.mar") as dataplane:
+        async with apis(dataplane) as (management, inference):
+            document = await management.options("/")
+            legacy = await management.get("/api-description")
+            model = await management.options("/models/adder")
+            unknown = await management.options("/models/nope")
+            prediction = await inference.options("/")
+    api = document.json()
+    assert api["openapi"] == "3.0.1" and api["info"]["title"] == "TorchServe APIs"
+    assert api["paths"]["/models"]["post"]["operationId"] == "registerModel"
+    assert {p["name"] for p in api["paths"]["/models"]["post"]["parameters"]} >= {
+        "url", "model_name", "handler", "runtime", "batch_size", "max_batch_delay", "initial_workers", "synchronous",
+        "response_timeout", "startup_timeout"}
+    assert api["paths"]["/models/{model_name}"]["put"]["operationId"] == "setAutoScale"
+    assert api["paths"]["/models/{model_name}/{model_version}/set-default"]["put"]["operationId"] == "setDefault"
+    assert legacy.json() == api and api["paths"]["/api-description"]["get"]["deprecated"] is True
+    assert model.json()["info"]["title"] == "RESTful Management API for: adder"
+    assert_error(unknown, 404, "ModelNotFoundException")
+    paths = prediction.json()["paths"]
+    assert paths["/predictions/{model_name}"]["post"]["operationId"] == "predictions"
+    assert paths["/ping"]["get"]["operationId"] == "ping" and "/models" not in paths

@@ -1,5 +1,5 @@
-"""HTTPFrontEnd over real sockets: header limits (431), the header timeout, the connection cap
-(503), bodies nobody reads, and the request log."""
+"""HTTPFrontEnd over real sockets: header limits (431), the header and body timeouts, the
+connection cap (503), bodies nobody reads, and the request log."""
 
 from __future__ import annotations
 
@@ -30,12 +30,17 @@ async def length(request: Request) -> Response:
     return PlainTextResponse(str(len(await request.body())))
 
 
+async def late(request: Request) -> Response:
+    await asyncio.sleep(0.5)  # pacing a slow app: the body timeout (0.2 s) passes while it has not read
+    return PlainTextResponse(str(len(await request.body())))
+
+
 async def early(request: Request) -> Response:
     return PlainTextResponse("answered before the body", 400)  # reads none of it
 
 
 APP = Starlette(routes=[Route("/live", live), Route("/length", length, methods=["POST"]),
-                        Route("/early", early, methods=["POST"])])
+                        Route("/late", late, methods=["POST"]), Route("/early", early, methods=["POST"])])
 
 
 def headers(count: int, size: int = 1) -> dict[str, str]:
@@ -115,6 +120,36 @@ async def test_a_slow_body_is_not_cut_by_the_header_timeout():
         answer = await connection.answer()
         assert (answer.status, answer.body) == (200, b"30")
         connection.close()
+
+
+BODY_TIMEOUT_ANSWER = (b"request body not received within the body timeout of 0.2 s (--http-body-timeout),"
+                       b" extended by a second per 500 bytes received")
+
+
+async def test_a_body_that_stops_coming_gets_408_at_the_body_timeout_and_the_connection_closes():
+    async with serving(APP, HTTPOptions(body_timeout=0.2)) as port:
+        connection = await connect(port)
+        await connection.send(b"POST /length HTTP/1.1\r\nHost: test\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+        answer = await connection.answer()
+        assert (answer.status, answer.headers["connection"], answer.body) == (408, "close", BODY_TIMEOUT_ANSWER)
+        assert await connection.rest() == b""
+
+
+async def test_the_body_timeout_restarts_with_each_request_on_a_kept_alive_connection():
+    async with serving(APP, HTTPOptions(body_timeout=0.2)) as port:
+        connection = await connect(port)
+        await connection.send(request("POST", "/length", body=b"abc"))
+        assert (await connection.answer()).body == b"3"
+        await connection.send(b"POST /length HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk(b"x"))
+        answer = await connection.answer()
+        assert (answer.status, answer.body) == (408, BODY_TIMEOUT_ANSWER)
+
+
+async def test_a_large_body_the_app_reads_late_is_read_whole():
+    async with serving(APP, HTTPOptions(body_timeout=0.2)) as port:
+        body = b"x" * (4 * MiB)  # more than uvicorn buffers: reading pauses until the app reads
+        answer = await exchange(port, request("POST", "/late", body=body))
+        assert (answer.status, answer.body) == (200, str(len(body)).encode())
 
 
 async def test_requests_past_the_connection_cap_get_503_until_a_connection_closes():

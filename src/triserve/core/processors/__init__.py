@@ -21,9 +21,8 @@ from triserve.errors import invalid
 Row = dict[str, Any]
 
 # Built-in handler names torch-model-archiver does not copy into the archive.
-NATIVE = ("image_classifier", "base_handler")
-NOT_SUPPORTED = ("object_detector", "image_segmenter", "text_classifier", "dali_image_classifier",
-                 "vllm_handler", "trt_llm_handler")
+NATIVE = ("image_classifier", "base_handler", "object_detector", "image_segmenter", "text_classifier")
+NOT_SUPPORTED = ("dali_image_classifier", "vllm_handler", "trt_llm_handler")
 CUSTOM = "custom"  # the handler of an archive whose own Python code runs (processors/custom.py)
 # The platform of models whose instances are archive handler code rather than a framework model.
 CUSTOM_PLATFORM = "torchserve_handler"
@@ -57,6 +56,23 @@ def build(spec: ProcessorSpec) -> Processor:
         from triserve.core.processors.image_classifier import ImageClassifier, load_label_mapping
 
         return ImageClassifier(load_label_mapping(spec.folder / "index_to_name.json"))
+    if spec.handler == "object_detector":
+        from triserve.core.processors.image_classifier import load_label_mapping
+        from triserve.core.processors.vision import ObjectDetector
+
+        return ObjectDetector(load_label_mapping(spec.folder / "index_to_name.json"))
+    if spec.handler == "image_segmenter":
+        from triserve.core.processors.vision import ImageSegmenter
+
+        return ImageSegmenter()
+    if spec.handler == "text_classifier":
+        from triserve.core.processors.image_classifier import load_label_mapping
+        from triserve.core.processors.text_classifier import VOCAB_FILE, TextClassifier, load_vocabulary
+
+        vocab = _manifest_model(spec.folder).get("sourceVocab") or VOCAB_FILE
+        if not isinstance(vocab, str) or "/" in vocab or "\\" in vocab or vocab in (".", ".."):
+            raise invalid("text_classifier: the manifest's sourceVocab must be a file name in the archive")
+        return TextClassifier(load_vocabulary(spec.folder / vocab), load_label_mapping(spec.folder / "index_to_name.json"))
     if spec.handler == "base_handler":
         from triserve.core.processors.tensor_json import TensorJSON
 
@@ -66,6 +82,17 @@ def build(spec: ProcessorSpec) -> Processor:
 
         return RowsHandler()
     raise invalid(f"built-in handler '{spec.handler}' is not supported; supported: {', '.join(NATIVE)}")
+
+
+def _manifest_model(folder: Any) -> dict:
+    import json
+
+    try:
+        manifest = json.loads((folder / "MAR-INF" / "MANIFEST.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    model = manifest.get("model") if isinstance(manifest, dict) else None
+    return model if isinstance(model, dict) else {}
 
 
 def tensors() -> Processor:
@@ -82,6 +109,6 @@ def custom_backend(allowed: bool, model_name: str) -> ModuleType:
     if not allowed:
         raise invalid(
             f"model '{model_name}' runs Python handler code from its archive; triserve executes"
-            " archive code only when the server is started with --allow-custom-handlers"
+            " archive code only when the server is started with --allow-custom-handlers (or --allow-model-code)"
         )
     return module

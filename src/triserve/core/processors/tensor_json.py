@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from tritonclient.grpc import model_config_pb2 as mc
 
 from triserve import datatypes
 from triserve.errors import invalid
@@ -49,12 +50,16 @@ class TensorJSON:
 
     def _instance(self, model: Any, row: Row) -> dict[str, np.ndarray]:
         value = main_field(row)
+        inputs = model.config.input
         if isinstance(value, (bytes, bytearray, str)):
             try:
                 value = orjson.loads(value)
             except orjson.JSONDecodeError as e:
+                # A model taking one BYTES tensor gets a body that is not JSON as it is (an image file)
+                if len(inputs) == 1 and inputs[0].data_type == mc.TYPE_STRING and list(inputs[0].dims) in ([1], [-1]):
+                    raw = value.encode() if isinstance(value, str) else bytes(value)
+                    return {inputs[0].name: np.array([raw], dtype=np.object_)}
                 raise invalid(f"the request body must be JSON tensors: {e}") from None
-        inputs = model.config.input
         if not isinstance(value, dict):
             if len(inputs) != 1:
                 raise invalid(

@@ -22,6 +22,11 @@ def check_shape(name: str, shape: object) -> list[int]:
     return shape
 
 
+def short_text(text: str, limit: int = 64) -> str:
+    """A client's text (a header value) for an error message, cut short."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _short(value: object, limit: int = 200) -> str:
     """A client's value for an error message, cut short (and never written out whole first)."""
     if isinstance(value, (list, dict)) and len(value) > 16:

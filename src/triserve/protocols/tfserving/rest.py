@@ -28,21 +28,18 @@ from triserve.core.model import Model
 from triserve.errors import ServerError, invalid
 from triserve.options import DEFAULT_HTTP_MAX_INPUT_SIZE, ServerOptions
 from triserve.protocols.transport.http import HTTPFrontEnd
+from triserve.protocols.tfserving import predecode
 from triserve.protocols.tfserving import json_codec as tfjson
 from triserve.protocols.transport import offload
 from triserve.protocols.transport.bodies import inflate, read_body
+from triserve.protocols.transport.json_input import parse_with
+from triserve.protocols.tfserving import servables as tfservables
 from triserve.protocols.tfserving.servables import (
-    CLASSIFY_CLASSES,
-    CLASSIFY_INPUTS,
-    CLASSIFY_METHOD,
-    CLASSIFY_SCORES,
     HTTP_STATUS,
-    REGRESS_METHOD,
-    REGRESS_OUTPUTS,
     Servables,
-    check_signature,
     infer,
-    method_name,
+    request_inputs,
+    signature,
     signature_def_map,
     tf_code,
 )
@@ -113,19 +110,19 @@ class TFServingREST:
     async def post(self, request: Request, name: str, version: int | None, label: str | None, verb: str) -> Response:
         body = await read_body(request, self.max_input_size)
         body = await inflate(body, request.headers.get("content-encoding"), self.max_input_size)
-        data = await offload.run(len(body), tfjson.parse, body)
+        reads = predecode.json_inputs_for(self.servables, name, version, label) if verb == "predict" else None
+        data = await parse_with(tfjson.parse, body, reads)
         signature_name = data.get("signature_name", "")
         if not isinstance(signature_name, str):
             raise invalid("JSON Value: not formatted correctly. 'signature_name' key must be a string value.")
         model = self.servables.model(name, version, label)
-        check_signature(signature_name)
         if verb == "predict":
-            return await self.predict(model, data)
-        return await self.classify_or_regress(model, data, verb)
+            return await self.predict(model, data, signature_name)
+        return await self.classify_or_regress(model, data, verb, signature_name, len(body))
 
-    async def predict(self, model: Model, data: dict[str, Any]) -> Response:
-        dtypes = {t.name: datatypes.numpy_of_config(t.data_type) for t in model.config.input}
-        required = {t.name for t in model.config.input if not t.optional}
+    async def predict(self, model: Model, data: dict[str, Any], signature_name: str = "") -> Response:
+        signature_name, chosen = signature(model, signature_name)
+        dtypes, required = request_inputs(model, chosen)
         if "instances" in data and "inputs" in data:
             raise invalid("JSON Value: Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist")
         if "instances" in data:
@@ -137,54 +134,37 @@ class TFServingREST:
         # Large inputs have their shapes (from the first element of each nesting level) checked
         # against the model before any value is read. Small ones are read first, as TF Serving
         # does: a value of the wrong JSON type is named before a wrong shape.
-        shapes = tfjson.shapes(value, list(dtypes), rows)
+        if isinstance(value, predecode.JSONValue):  # read in a worker process (a large body)
+            shapes, read = value.shapes, predecode.JSONValue.read
+        else:
+            shapes = tfjson.shapes(value, list(dtypes), rows)
         work = sum(math.prod(shape) for shape in shapes.values())
-        if work > offload.OFF_LOOP_SIZE and required <= shapes.keys() <= dtypes.keys():
+        if work > offload.OFF_LOOP_SIZE and required <= shapes.keys() <= dtypes.keys() and not model.signatures:
             datatype = {t.name: datatypes.name_of_config(t.data_type) for t in model.config.input}
             model.check_inputs({name: (datatype[name], shape) for name, shape in shapes.items()}, split=True)
         inputs = await offload.run(work, read, value, dtypes, required)
         model = self.servables.model(model.name, model.version)  # again: a reload may have retired it meanwhile
-        outputs = await infer(self.dataplane, model, inputs)
+        outputs = await infer(self.dataplane, model, inputs, signature_name=signature_name)
         if "instances" in data:
             return json_response(tfjson.predictions(outputs))
         return json_response(tfjson.columnar(outputs))
 
-    async def classify_or_regress(self, model: Model, data: dict[str, Any], verb: str) -> Response:
-        """The signature takes serialized tf.Examples (`inputs`) and answers `classes`/`scores` or `outputs`."""
-        want = CLASSIFY_METHOD if verb == "classify" else REGRESS_METHOD
-        have = method_name(model)
-        if have != want:
-            kind = "classification" if verb == "classify" else "regression"
-            raise invalid(f"Expected {kind} signature method_name to be {want}. Was: {have}")
-        serialized = tfjson.examples(data, verb)
-        array = np.empty(len(serialized), dtype=np.object_)
-        array[:] = serialized
-        spec = model.inputs[CLASSIFY_INPUTS]
-        if model.max_batch_size == 0 and len(spec.dims) > 1:
-            array = array.reshape([len(serialized)] + [1] * (len(spec.dims) - 1))
-        elif model.max_batch_size > 0 and len(spec.dims) == 1:
-            array = array.reshape(len(serialized), 1)
-        outputs = await infer(self.dataplane, model, {CLASSIFY_INPUTS: array})
-        count = len(serialized)
+    async def classify_or_regress(
+        self, model: Model, data: dict[str, Any], verb: str, signature_name: str = "", size: int = 0
+    ) -> Response:
+        """The request's tf.Examples, serialized, through a classify or regress signature (TF
+        Serving's classifier / regressor): `results` as label-score pairs or values. `size`: the
+        body's, for how long writing the examples may take."""
+        serialized = await offload.run(size, tfjson.examples, data, verb)
+        model = self.servables.model(model.name, model.version)  # again: a reload may have retired it meanwhile
         if verb == "regress":
-            values = outputs[REGRESS_OUTPUTS].reshape(count, -1)
-            if values.shape[1] != 1:
-                raise invalid(f"Expected output Tensor shape to be [{count}] or [{count},1] but got {list(outputs[REGRESS_OUTPUTS].shape)}")
-            return json_response({"results": tfjson.value(values[:, 0].astype(np.float32), "results")})
-        classes = outputs.get(CLASSIFY_CLASSES)
-        scores = outputs.get(CLASSIFY_SCORES)
-        width = (classes if classes is not None else scores).reshape(count, -1).shape[1]
-        classes = classes.reshape(count, width) if classes is not None else None
-        scores = scores.reshape(count, width).astype(np.float32) if scores is not None else None
+            regression = await tfservables.regress(self.dataplane, model, signature_name, serialized)
+            values = np.array([r.value for r in regression.regressions], dtype=np.float32)
+            return json_response({"results": tfjson.value(values, "results")})
+        classification = await tfservables.classify(self.dataplane, model, signature_name, serialized)
         results = [
-            [
-                [
-                    _text(classes[i, j]) if classes is not None else "",
-                    tfjson.value(np.asarray(scores[i, j]), "") if scores is not None else np.float32(0),
-                ]
-                for j in range(width)
-            ]
-            for i in range(count)
+            [[c.label, tfjson.value(np.asarray(c.score, dtype=np.float32), "")] for c in row.classes]
+            for row in classification.classifications
         ]
         return json_response({"results": results})
 
@@ -198,10 +178,6 @@ class TFServingREST:
                 await response(scope, receive, send)
 
         return app
-
-
-def _text(item: object) -> str:
-    return item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
 
 
 def _int(version: str | None) -> int | None:

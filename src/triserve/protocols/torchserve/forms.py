@@ -12,6 +12,7 @@ first row too many, before any value is decoded.
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from typing import Any
 from urllib.parse import parse_qsl
@@ -229,6 +230,7 @@ async def parameters(request: Request, limit: int = DEFAULT_MAX_REQUEST_SIZE) ->
 
 
 def flag(params: dict[str, Any], key: str, default: bool) -> bool:
+    """Java's Boolean.parseBoolean: "true" in any case is true, anything else false."""
     value = params.get(key)
     if value is None:
         return default
@@ -237,11 +239,19 @@ def flag(params: dict[str, Any], key: str, default: bool) -> bool:
     return str(value).strip().lower() == "true"
 
 
-def integer(params: dict[str, Any], key: str, default: int | None) -> int | None:
+_JAVA_INT = re.compile(r"^[+-]?[0-9]+$")
+
+
+def integer(params: dict[str, Any], key: str, default: int) -> int:
+    """TorchServe's `getIntParameter`: Java's Integer.parseInt of the value, or `default` when
+    the parameter is missing or not an int32 (`batch_size=dd` registers with the default)."""
     value = params.get(key)
-    if value is None or value == "":
+    if isinstance(value, bool) or value is None:
         return default
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise invalid(f"Invalid value for parameter {key}: {value!r} is not an integer") from None
+    if isinstance(value, int):
+        return value if -(2**31) <= value < 2**31 else default
+    text = str(value)
+    if not _JAVA_INT.match(text):
+        return default
+    number = int(text)
+    return number if -(2**31) <= number < 2**31 else default

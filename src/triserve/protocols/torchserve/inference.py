@@ -23,7 +23,9 @@ from triserve.core.model import Model
 from triserve.core.processors import Reply
 from triserve.errors import StatusError, not_found
 from triserve.options import DEFAULT_MAX_REQUEST_SIZE, ServerOptions
+from triserve.protocols.torchserve import openapi
 from triserve.protocols.torchserve.auth import RequireToken, auth_for
+from triserve.protocols.torchserve.metrics import CountResponses, TorchServeMetrics, metrics_for
 from triserve.protocols.torchserve.forms import EXCEPTION_HANDLERS, json_response, read_body, request_rows
 from triserve.protocols.transport.http import HTTPFrontEnd
 
@@ -80,9 +82,14 @@ def find_model(dataplane: DataPlane, name: str, version: str | None) -> Model:
 
 
 class TorchServeInference:
-    def __init__(self, dataplane: DataPlane, max_request_size: int = DEFAULT_MAX_REQUEST_SIZE) -> None:
+    def __init__(self, dataplane: DataPlane, max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
+                 metrics: TorchServeMetrics | None = None) -> None:
         self.dataplane = dataplane
         self.max_request_size = max_request_size
+        self.metrics = metrics
+
+    async def api_description(self, request: Request) -> Response:
+        return json_response(openapi.inference_api())
 
     async def ping(self, request: Request) -> Response:
         healthy = self.dataplane.ready(strict=True)
@@ -96,6 +103,8 @@ class TorchServeInference:
         rows = request_rows(body, request.headers.get("content-type"), limit)
         model = find_model(self.dataplane, params["model"], params.get("version"))
         replies = await self.dataplane.predict(model, rows)
+        if self.metrics is not None:
+            self.metrics.request_served(model, params.get("version"))
         headers = {"x-request-id": str(uuid.uuid4()), **_HEADERS}
         if len(replies) == 1:
             content, media_type = _encode(replies[0])
@@ -106,6 +115,8 @@ class TorchServeInference:
     def app(self) -> Starlette:
         methods = ["POST", "PUT"]
         routes = [
+            Route("/", self.api_description, methods=["OPTIONS"]),
+            Route("/api-description", self.api_description, methods=["GET"]),
             Route("/ping", self.ping, methods=["GET", "POST"]),
             Route("/predictions/{model}", self.predictions, methods=methods),
             Route("/predictions/{model}/{version}", self.predictions, methods=methods),
@@ -114,8 +125,10 @@ class TorchServeInference:
 
 
 def frontend(dataplane: DataPlane, options: ServerOptions, port: int) -> HTTPFrontEnd:
-    app: Any = TorchServeInference(dataplane, options.torchserve.max_request_size).app()
+    metrics = metrics_for(dataplane, options.torchserve.metrics_mode)
+    app: Any = TorchServeInference(dataplane, options.torchserve.max_request_size, metrics).app()
     auth = auth_for(dataplane, options.torchserve)
     if auth is not None:
         app = RequireToken(app, auth, "inference")
+    app = CountResponses(app, metrics)
     return HTTPFrontEnd(app, options.host_of("torchserve_inference"), port, options.http)

@@ -1,7 +1,8 @@
 """A grpc.aio server on the shared event loop, with raised message limits and the standard
 grpc.health.v1 service answering SERVING while the server is ready; services whose methods
 decode their own requests (a message that does not parse is INVALID_ARGUMENT, and a large one
-is parsed off the event loop)."""
+is parsed off the event loop: on a worker thread, or, for methods that name a `large` decoder,
+in a worker process when it is over processes.LARGE bytes)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from grpc_health.v1._async import HealthServicer
 
 from triserve.errors import Code, invalid
 from triserve.options import DEFAULT_GRPC_MAX_MESSAGE_BYTES
-from triserve.protocols.transport import offload
+from triserve.protocols.transport import offload, processes
+from triserve.protocols.transport.processes import WithPredecoded, WorkerStopped
 
 GRACE_SECONDS = 30  # as long as the HTTP front end waits for in-flight requests
 HEALTH_REFRESH_SECONDS = 1.0
@@ -39,9 +41,23 @@ INTERNAL_ERROR = "internal error: the server log has the details"
 Register = Callable[[grpc.aio.Server], list[str]]
 
 
-def add_service(server: grpc.aio.Server, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
-    """Serve `service` (its full name) with these method handlers, each through `decoding`."""
-    decoded = {method: decoding(handler) for method, handler in handlers.items()}
+# In a worker process: a message's bytes to (the bytes of the same message without its large
+# tensor values, what a worker process read of each input's values, fields taken out of the
+# message and given back as they are: see WithPredecoded), or None to leave the message to the
+# method's own parser.
+Large = Callable[[bytes], "tuple[bytes, dict[str, processes.Predecoded], dict[str, Any]] | None"]
+
+
+def add_service(
+    server: grpc.aio.Server,
+    service: str,
+    handlers: Mapping[str, grpc.RpcMethodHandler],
+    large: Mapping[str, Large] | None = None,
+) -> None:
+    """Serve `service` (its full name) with these method handlers, each through `decoding`
+    (with its `large` decoder, for the methods that have one)."""
+    large = large or {}
+    decoded = {method: decoding(handler, large.get(method)) for method, handler in handlers.items()}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, decoded),))
     server.add_registered_method_handlers(service, decoded)
 
@@ -64,18 +80,28 @@ def generated_handlers(add_to_server: Callable[[Any, Any], None], servicer: Any)
     return capture.handlers
 
 
-def decoding(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def decoding(handler: grpc.RpcMethodHandler, large: Large | None = None) -> grpc.RpcMethodHandler:
     """The same method, taking the request bytes and parsing them itself: grpc would answer a
     message that does not parse with UNKNOWN ("Unexpected DecodeError") and, in a stream, never
     end it; here the call ends at once with INVALID_ARGUMENT. Large messages are parsed on a
-    worker thread, not on the event loop."""
+    worker thread, not on the event loop; with a `large` decoder, messages over processes.LARGE
+    bytes go to it in a worker process (protobuf holds the GIL while it parses millions of
+    elements, a thread would not free the loop), and the method gets a WithPredecoded: the
+    message parsed from what the decoder left of it, and the values it read."""
     parse = handler.request_deserializer
     if parse is None:
         return handler
 
     async def decode(data: bytes, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if large is not None and len(data) > processes.LARGE:
+                decoded = await processes.run(large, data)
+                if decoded is not None:
+                    header, predecoded, overrides = decoded
+                    return WithPredecoded(await offload.run(len(header), parse, header), predecoded, overrides)
             return await offload.run(len(data), parse, data)
+        except WorkerStopped as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, e.message)
         except Exception:  # whatever the parser raises, it is about the client's bytes
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not {_a_valid(parse)}")
 
@@ -98,7 +124,15 @@ def decoding(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
                 yield response
 
         return grpc.stream_stream_rpc_method_handler(stream_stream, None, handler.response_serializer)
-    raise TypeError("only unary-unary and stream-stream methods are served")
+    if handler.unary_stream is not None:
+        server_stream = handler.unary_stream
+
+        async def unary_stream(data: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async for response in server_stream(await decode(data, context), context):
+                yield response
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, None, handler.response_serializer)
+    raise TypeError("only unary-unary, unary-stream and stream-stream methods are served")
 
 
 def _a_valid(parse: Callable[[bytes], Any]) -> str:
@@ -200,6 +234,7 @@ class GRPCFrontEnd:
         self.address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
         self.ready = ready
         self.max_message_bytes = max_message_bytes
+        self.grace = GRACE_SECONDS  # seconds calls in flight get to finish on stop()
         self.server: grpc.aio.Server | None = None
         self.health: ReadinessHealth | None = None
         self._refresher: asyncio.Task | None = None
@@ -238,4 +273,4 @@ class GRPCFrontEnd:
             await self.health.enter_graceful_shutdown()
         if self.server is not None:
             # New calls are refused; calls in flight get the grace period to finish.
-            await self.server.stop(GRACE_SECONDS)
+            await self.server.stop(self.grace)

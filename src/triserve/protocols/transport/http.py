@@ -4,7 +4,9 @@ a connection may send, a request log, and work cancelled when the client goes aw
 uvicorn's httptools protocol limits neither headers nor how long they take; `LimitedHttpTools`
 adds that: more header fields or bytes than allowed get 431 (counted as they arrive, so an
 endless header is cut off at the limit, not buffered), a connection whose request headers are
-not complete within the header timeout is closed (408 when part of a request came), and a body
+not complete within the header timeout is closed (408 when part of a request came), a body
+that trickles in (not complete within the body timeout, extended by a second per BODY_MIN_RATE
+bytes received, as Apache's mod_reqtimeout does) gets 408 and its connection closed, and a body
 nobody reads any more (the answer went out first) is drained a little, then the connection
 closed. A refused connection closes gracefully: the answer, then end-of-stream, then what the
 client still sends is dropped for a moment (closing at once would reset the connection, and
@@ -33,6 +35,7 @@ T = TypeVar("T")
 DRAIN_BYTES = 1 << 20  # bytes read and dropped after an early answer before the connection is closed
 FEED_BYTES = 1 << 15  # bytes parsed per turn of the event loop
 LINGER_SECONDS = 2.0  # how long a refused connection stays half-open, so that the client reads the answer
+BODY_MIN_RATE = 500  # bytes a second a slow body must keep up, past the body timeout (Apache's MinRate)
 
 
 def _plain(status: int, message: str) -> list[bytes]:
@@ -77,6 +80,8 @@ class LimitedHttpTools(HttpToolsProtocol):
         self._dropped = 0  # bytes that came after the answer
         self._lingering = False  # refused: only dropping what still comes, until closed
         self._backlog: collections.deque[memoryview] = collections.deque()  # received, not parsed yet
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_deadline = 0.0  # loop time by which the body must be complete (moves with what arrives)
 
     # -- the header timeout ----------------------------------------------------------------
     def _arm(self) -> None:
@@ -119,6 +124,7 @@ class LimitedHttpTools(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._stop_body_timer()
         super().connection_lost(exc)
 
     # -- parsing in bounded turns ------------------------------------------------------------
@@ -187,6 +193,8 @@ class LimitedHttpTools(HttpToolsProtocol):
             refusal = self._too_large()
         else:
             super().on_headers_complete()
+            if not self.parser.should_upgrade() and self.cycle is not None and not self.cycle.response_complete:
+                self._start_body_timer()
             return
         if self._size > self.limits.max_header_size:
             self.url = b"/"  # what was kept of it may not parse
@@ -197,15 +205,55 @@ class LimitedHttpTools(HttpToolsProtocol):
             self.app = app
 
     def on_message_complete(self) -> None:
+        self._stop_body_timer()
         super().on_message_complete()
         self._in_headers, self._received = True, 0
 
     # -- bodies nobody reads ---------------------------------------------------------------
     def on_body(self, body: bytes) -> None:
+        self._body_deadline += len(body) / BODY_MIN_RATE
         if self.cycle is not None and self.cycle.response_complete:
             self._drop(len(body))  # answered already; the rest of this body is worth little reading
             return
         super().on_body(body)
+
+    # -- the body timeout --------------------------------------------------------------------
+    def _start_body_timer(self) -> None:
+        self._stop_body_timer()
+        self._body_deadline = self.loop.time() + self.limits.body_timeout
+        self._body_timer = self.loop.call_at(self._body_deadline, self._body_check)
+
+    def _stop_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_check(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if self.flow.read_paused or self._backlog:
+            # not the client's fault: the app reads slowly, or received bytes wait their turn
+            self._body_deadline = max(self._body_deadline, now + self.limits.body_timeout)
+        if now < self._body_deadline:
+            self._body_timer = self.loop.call_at(self._body_deadline, self._body_check)
+            return
+        cycle = self.cycle
+        if cycle is None or cycle.response_started:
+            self.transport.close()  # an answer is (partly) out: nothing more can be said on this connection
+        else:
+            self._lingering, self._dropped = True, 0
+            self.transport.write(b"".join(_plain(
+                408, f"request body not received within the body timeout of {self.limits.body_timeout:g} s"
+                     f" (--http-body-timeout), extended by a second per {BODY_MIN_RATE} bytes received")))
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self._disarm()
+            self._timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        if cycle is not None:
+            cycle.disconnected = True  # the app reading the body sees the client gone; its answer goes nowhere
+            cycle.message_event.set()
 
     def _drop(self, size: int) -> None:
         self._dropped += size

@@ -1,5 +1,8 @@
 """JSON from clients, for every JSON API: the nesting depth is checked on the bytes before any
-parser sees them (as Triton, at most 100 levels), and large documents are parsed off the loop.
+parser sees them (as Triton, at most 100 levels), and large documents are parsed off the loop:
+over processes.LARGE bytes in a worker process (orjson holds the GIL while it parses, so a
+thread would not free the loop), which also reads the tensor contents (`predecode`) and sends
+back only what is cheap to receive.
 
 The depth check is a bounded scan with numpy, so a document nested 150,000 deep is refused in
 milliseconds and no parser, not even the standard library's recursive one, ever recurses deeper
@@ -8,13 +11,18 @@ than 100 levels.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import numpy as np
 import orjson
 
 from triserve.errors import ServerError, invalid
-from triserve.protocols.transport import offload
+from triserve.protocols.transport import offload, processes
+
+# A document decoded in a worker process comes back as Python objects, which take the server as
+# long to unpickle as to parse: beside its predecoded tensor contents it may hold this many values.
+MAX_PLAIN_VALUES = 1 << 18
 
 MAX_DEPTH = 100  # Triton's HTTP_MAX_JSON_NESTING_DEPTH
 _SLICE = 4 << 20  # bytes scanned at a time: bounds scratch memory and how long the GIL is held
@@ -87,6 +95,53 @@ def loads_object(data: bytes | memoryview, what: str = "the request JSON") -> di
     return value
 
 
-async def parse_object(data: bytes | memoryview, what: str = "the request JSON") -> dict[str, Any]:
-    """loads_object, on a worker thread when the document is large."""
-    return await offload.run(len(data), loads_object, data, what)
+async def parse_object(
+    data: bytes | memoryview, what: str = "the request JSON", predecode: Callable[[dict[str, Any]], Any] | None = None
+) -> dict[str, Any]:
+    """loads_object: on a worker thread when the document is large, in a worker process when it
+    is larger than processes.LARGE. There `predecode(document)` (a picklable module-level
+    function, or a functools.partial of one) replaces tensor contents in the document with
+    processes.Predecoded (or drops them); what is left must be small (MAX_PLAIN_VALUES)."""
+    return await parse_with(functools.partial(loads_object, what=what), data, predecode, what)
+
+
+async def parse_with(
+    parse: Callable[[bytes], dict[str, Any]],
+    data: bytes | memoryview,
+    predecode: Callable[[dict[str, Any]], Any] | None = None,
+    what: str = "the request JSON",
+) -> dict[str, Any]:
+    """parse_object with another parser (picklable too)."""
+    if len(data) > processes.LARGE:
+        return await processes.run(decode, parse, bytes(data), predecode, what)
+    return await offload.run(len(data), parse, data)
+
+
+def decode(
+    parse: Callable[[bytes], dict[str, Any]], data: bytes, predecode: Callable[[dict[str, Any]], Any] | None, what: str
+) -> dict[str, Any]:
+    """In a worker process: `parse`, then `predecode`, then the check that what goes back is small."""
+    document = parse(data)
+    if predecode is not None:
+        predecode(document)
+    if plain_values(document, MAX_PLAIN_VALUES) > MAX_PLAIN_VALUES:
+        raise invalid(
+            f"{what} holds more than {MAX_PLAIN_VALUES} values besides tensor data (where they are not read);"
+            " send large tensors as tensor data"
+        )
+    return document
+
+
+def plain_values(document: Any, limit: int) -> int:
+    """How many JSON values `document` holds (a Predecoded counts as one), counting stopped past `limit`."""
+    count, stack = 0, [document]
+    while stack and count <= limit:
+        value = stack.pop()
+        count += 1
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            if count + len(value) > limit:
+                return limit + 1
+            stack.extend(value)
+    return count

@@ -1,0 +1,1 @@
+"""triserve on engines that run it past one machine (Ray Serve: integrations.ray)."""
