@@ -23,6 +23,9 @@ slow = pytest.mark.slow  # the cluster tests; the settings tests below need no c
 # Loopback only: no token auth (Ray 2.60 turns it on), no usage reports, and every address Ray
 # resolves for "this node" is 127.0.0.1 (it would pick the machine's interface address).
 os.environ.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+# Serve gives its proxy 5 s to report ready and 10 s per health check, three strikes, then kills
+# it: on a busy 2-core machine a healthy proxy misses that. Generous bounds only fail a hung one.
+os.environ.update(RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S="60", RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S="60")
 
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
