@@ -30,6 +30,32 @@ EXECUTION_THREADS = ThreadPoolExecutor(max_workers=256, thread_name_prefix="exec
 RunFn = Callable[[dict[str, np.ndarray], list[str]], dict[str, np.ndarray]]
 
 
+class ArrivalOrder:
+    """preserve_ordering: results are handed to their waiters in the order the requests arrived
+    (each request's `seq`), a result waiting until every earlier one is out."""
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._finished: dict[int, Any] = {}
+
+    def release(self, item: Any) -> None:
+        """`item` has .seq, .future and .result (a value, or an exception to raise)."""
+        self._finished[item.seq] = item
+        while self._next in self._finished:
+            resolve(self._finished.pop(self._next))
+            self._next += 1
+
+
+def resolve(item: Any) -> None:
+    """Hand `item.result` to `item.future`, unless its waiter already gave up."""
+    if item.future.done():
+        return
+    if isinstance(item.result, BaseException):
+        item.future.set_exception(item.result)
+    else:
+        item.future.set_result(item.result)
+
+
 @dataclass(eq=False)
 class Pending:
     inputs: dict[str, np.ndarray]
@@ -161,8 +187,7 @@ class Scheduler:
         self.queue = RequestQueue(policy.priority_levels)
         self._available = asyncio.Event()
         self._seq = 0
-        self._next_release = 0
-        self._finished: dict[int, Pending] = {}
+        self._order = ArrivalOrder()
         self._workers = [asyncio.create_task(self._work(run)) for run in runners]
         self._running = 0
         self._closed = False
@@ -235,22 +260,10 @@ class Scheduler:
     def _finish(self, p: Pending) -> None:
         """Hand a result (or error) to its waiter, in arrival order when preserve_ordering asks."""
         self._done(p)
-        if not self.policy.preserve_ordering:
-            self._resolve(p)
-            return
-        self._finished[p.seq] = p
-        while self._next_release in self._finished:
-            self._resolve(self._finished.pop(self._next_release))
-            self._next_release += 1
-
-    @staticmethod
-    def _resolve(p: Pending) -> None:
-        if p.future.done():
-            return
-        if isinstance(p.result, BaseException):
-            p.future.set_exception(p.result)
+        if self.policy.preserve_ordering:
+            self._order.release(p)
         else:
-            p.future.set_result(p.result)
+            resolve(p)
 
     async def _next_batch(self) -> list[Pending]:
         while True:

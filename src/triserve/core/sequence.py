@@ -41,7 +41,7 @@ import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
 from triserve import datatypes
-from triserve.core.scheduler import EXECUTION_THREADS, RunFn
+from triserve.core.scheduler import EXECUTION_THREADS, ArrivalOrder, RunFn, resolve
 from triserve.core.stats import ModelStats
 from triserve.errors import ServerError, internal, invalid, unavailable
 
@@ -385,8 +385,7 @@ class SequenceBatcher:
         self._wake = [asyncio.Event() for _ in runners]
         self.executions = [0] * len(runners)  # per instance
         self._arrivals = 0
-        self._next_release = 0
-        self._finished: dict[int, SequenceRequest] = {}
+        self._order = ArrivalOrder()
         self._running = 0
         self._closed = False
         self._workers = [asyncio.create_task(self._work(i, run)) for i, run in enumerate(runners)]
@@ -486,22 +485,10 @@ class SequenceBatcher:
 
     def _finish(self, request: SequenceRequest) -> None:
         self.stats.pending -= 1
-        if not self.policy.preserve_ordering or request.seq is None:
-            self._resolve(request)
-            return
-        self._finished[request.seq] = request
-        while self._next_release in self._finished:
-            self._resolve(self._finished.pop(self._next_release))
-            self._next_release += 1
-
-    @staticmethod
-    def _resolve(request: SequenceRequest) -> None:
-        if request.future.done():
-            return
-        if isinstance(request.result, BaseException):
-            request.future.set_exception(request.result)
+        if self.policy.preserve_ordering and request.seq is not None:
+            self._order.release(request)
         else:
-            request.future.set_result(request.result)
+            resolve(request)
 
     # -- slots --------------------------------------------------------------------------------
     def _assign(self, sequence: Sequence, free: tuple[int, int]) -> None:
