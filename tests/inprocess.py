@@ -343,3 +343,39 @@ def dyna_sequence_repository(root: Path) -> Path:
         config = DYNA_SEQUENCE_CONFIG % (name, controls, state if string_ids else "")
         (root / name / "config.pbtxt").write_text(config)
     return root
+
+
+# -- a decoupled model -----------------------------------------------------------------------------
+# `repeat`: a Python model in the style of Triton's decoupled `repeat` example: IN INT32 [-1] ->
+# one response per element (OUT = that element, [1]), then the final flag alone.
+REPEAT_CONFIG = """
+name: "repeat"
+backend: "python"
+model_transaction_policy { decoupled: true }
+input [ { name: "IN" data_type: TYPE_INT32 dims: [ -1 ] } ]
+output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+
+REPEAT_MODEL = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            for value in pb_utils.get_input_tensor_by_name(request, "IN").as_numpy():
+                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([value], np.int32))]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+'''
+
+
+def repeat_repository(root: Path) -> Path:
+    """A Triton model repository with the decoupled Python model `repeat` (and the tiny models)."""
+    tiny_repository(root)
+    (root / "repeat" / "1").mkdir(parents=True)
+    (root / "repeat" / "1" / "model.py").write_text(REPEAT_MODEL)
+    (root / "repeat" / "config.pbtxt").write_text(REPEAT_CONFIG)
+    return root

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from triserve.backends import cpu_count
+from triserve.bench.sections import SECTIONS
 
 # Slow tier: the benchmark: servers, load generators and real models.
 pytestmark = pytest.mark.slow
@@ -80,10 +81,35 @@ def test_sweep_and_openvino_sections(example_repo):
     assert re.search(r"aim: served OpenVINO at least 0.9 of raw OpenVINO: concurrency 1 [\d.]+, concurrency 8 [\d.]+", summary)
 
 
+def test_shm_and_ensemble_sections(example_repo):
+    # perf_analyzer from .perf-venv (scripts/setup-perf-analyzer, which scripts/test runs)
+    done = bench(example_repo, "--sections", "shm,ensemble", "--seconds", "0.3")
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = table_rows(done.stdout)
+    labels = ["served binary HTTP (bench client), concurrency 8"]
+    labels += [f"perf_analyzer {protocol}, {how}, concurrency 8" for protocol, body in (("HTTP", "body (binary)"),
+                                                                                        ("gRPC", "message"))
+               for how in (f"tensors in the {body}", "system shared memory")]
+    labels += ["in-process: JPEG decode + preprocess + onnxruntime efficientnet_lite0_onnx, 2 thread(s) x 1",
+               "served v2 HTTP BYTES, concurrency 8", "served PUT /predictions/efficientnet_lite0_jpeg, concurrency 8",
+               "served PUT /predictions/efficientnet_lite0 (archive), concurrency 8"]
+    for label in labels:
+        assert label in rows, f"no row {label!r} in:\n{done.stdout}"
+        assert all(v > 0 for v in rows[label]), (label, rows[label])
+    assert "failed requests" not in done.stderr, done.stderr
+    summary = done.stdout.split("## summary", 1)[1]
+    assert re.search(r"shm: perf_analyzer at concurrency 8, system shared memory / tensors in the body:"
+                     r" HTTP [\d.]+, gRPC [\d.]+; / raw onnxruntime \([\d.]+ images/s\)", summary)
+    assert re.search(r"ensemble at concurrency 8 / in-process decode \+ ONNX \([\d.]+ images/s\): v2 HTTP BYTES [\d.]+,"
+                     r" PUT /predictions/efficientnet_lite0_jpeg [\d.]+, PUT /predictions/efficientnet_lite0"
+                     r" \(archive\) [\d.]+", summary)
+
+
 def test_unknown_section_is_refused(example_repo):
     done = bench(example_repo, "--sections", "onnx,bogus")
     assert done.returncode == 2
-    assert "unknown section(s) bogus; choose from onnx,grpc,torchserve,backends,sweep,openvino" in done.stderr
+    assert f"unknown section(s) bogus; choose from {','.join(SECTIONS)}" in done.stderr
+    assert {"onnx", "grpc", "torchserve", "backends", "sweep", "openvino", "shm", "ensemble"} <= set(SECTIONS)
 
 
 def test_missing_archive_fails_its_section_only(example_repo):

@@ -328,12 +328,16 @@ def parser() -> argparse.ArgumentParser:
                    help="length of each measurement in seconds (default 5)")
     b.add_argument("--concurrency", default="1,8",
                    help="comma-separated client concurrencies of the onnx section (default 1,8)")
-    b.add_argument("--sections", default="onnx,grpc,torchserve,backends,sweep,openvino",
-                   help="comma-separated sections to run: onnx, grpc, torchserve, backends, sweep, openvino"
-                        " (default all)")
+    b.add_argument("--sections", default="onnx,grpc,torchserve,backends,sweep,openvino,shm,ensemble",
+                   help="comma-separated sections to run: onnx, grpc, torchserve, backends, sweep, openvino, shm,"
+                        " ensemble, and ray (through Ray Serve; needs triserve[ray], so not in the default)"
+                        " (default all but ray)")
     b.add_argument("--model-store", default=None, help="TorchServe model store (default: model_store beside the repository)")
     b.add_argument("--archive", default="efficientnet_lite0.mar",
                    help="the archive of the torchserve section (default efficientnet_lite0.mar)")
+    b.add_argument("--perf-analyzer", default=None, metavar="PATH",
+                   help="Triton's perf_analyzer for the shm section (default: .perf-venv/bin/perf-analyzer of the"
+                        " source checkout, written by scripts/setup-perf-analyzer, else perf_analyzer on PATH)")
     b.add_argument("--backend-models", default="efficientnet_lite0_torch,efficientnet_lite0_tf",
                    help="repository models compared with their framework in the backends section, besides -m"
                         " (default efficientnet_lite0_torch,efficientnet_lite0_tf)")

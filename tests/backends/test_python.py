@@ -363,7 +363,7 @@ async def test_a_decoupled_model_streams_many_responses_over_grpc_and_http_refus
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             r = await client.post("/v2/models/countdown/infer", json={"inputs": [
                 {"name": "N", "shape": [1], "datatype": "INT32", "data": [2]}]})
-            assert r.status_code == 400 and "decoupled transaction policy" in r.json()["error"]
+            assert r.status_code == 501 and "decoupled transaction policy" in r.json()["error"]
         port = free_port()
         frontend = v2grpc.frontend(dataplane, ServerOptions(), port)
         await frontend.start()

@@ -1,5 +1,6 @@
-"""The benchmark's verdicts: a measurement in which nothing completed fails the run (exit 1), and
-the output names its aims and no internal references."""
+"""The benchmark's verdicts: a measurement in which nothing completed fails the run (exit 1),
+rounds of a measurement become one row of medians, and the output names its aims and no internal
+references."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import re
 import pytest
 
 from triserve.bench import bench_main, sections
-from triserve.bench.results import Result, Table, result
+from triserve.bench.results import Result, Table, median_of, median_ratio, result
 from triserve.cli import parser
 
 
@@ -25,6 +26,16 @@ def test_a_table_lists_the_rows_that_measured_nothing():
                         (Result("served b", 50.0, math.nan, 3.0), raw), (Result("served c", 50.0, 2.0, 3.0), raw)])
     assert table.without_throughput() == ["served a", "served b"]
     assert Table("ok", [(raw, raw)]).without_throughput() == []
+
+
+def test_rounds_become_one_row_of_medians_and_ratios_are_taken_round_by_round():
+    rounds = [Result("a", 10.0, 5.0, 9.0), Result("a", 30.0, 1.0, 7.0), Result("a", 20.0, 3.0, 8.0)]
+    assert median_of(rounds) == Result("a", 20.0, 3.0, 8.0)
+    raws = [Result("raw", 20.0, 1.0, 1.0), Result("raw", 30.0, 1.0, 1.0), Result("raw", 10.0, 1.0, 1.0)]
+    assert median_ratio(rounds, raws) == 1.0  # the ratios 0.5, 1.0, 2.0; of the medians it would also be 1.0
+    assert median_ratio(rounds[:2], raws[:2]) == 0.75
+    with pytest.raises(ValueError):
+        median_ratio(rounds, raws[:2])
 
 
 def bench_args(tmp_path, sections_: str) -> argparse.Namespace:

@@ -4,7 +4,7 @@ from openapi_spec_validator import validate
 
 from tests.console.models import console_repository
 from tests.inprocess import triton_dataplane
-from triserve.console import Console, openapi
+from triserve.console import Console, openapi, schemas
 from triserve.options import ServerOptions
 from triserve.protocols.kserve.rest import V2HTTP
 from triserve.protocols.tfserving import rest as tfserving_rest
@@ -28,9 +28,8 @@ async def test_every_http_api_has_a_valid_openapi_31_document_from_its_routes(tm
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
             v2 = (await client.get("/openapi.json")).json()
             documents = {api: (await client.get(f"/openapi/{api}.json")).json()
-                         for api in ("http", "torchserve_inference", "torchserve_management")}
+                         for api in ("http", "tfserving_rest", "torchserve_inference", "torchserve_management")}
             missing = await client.get("/openapi/grpc.json")
-            tfserving = await client.get("/openapi/tfserving_rest.json")
         await console.sampler.stop()
     assert v2 == documents["http"]
     for api, doc in documents.items():
@@ -39,7 +38,8 @@ async def test_every_http_api_has_a_valid_openapi_31_document_from_its_routes(tm
         assert doc["paths"], api
     paths = v2["paths"]
     infer = paths["/v2/models/{model}/versions/{version}/infer"]["post"]
-    assert {p["name"]: p["schema"]["type"] for p in infer["parameters"]} == {"model": "string", "version": "integer"}
+    assert {p["name"]: p["schema"]["type"] for p in infer["parameters"] if p["in"] == "path"} == {
+        "model": "string", "version": "integer"}
     assert "get" in paths["/v2/health/ready"]
     assert "post" in paths["/v2/repository/models/{model}/load"]
     assert "get" in paths["/console/api/models"]
@@ -48,8 +48,47 @@ async def test_every_http_api_has_a_valid_openapi_31_document_from_its_routes(tm
     assert "/models" in documents["torchserve_management"]["paths"]
     assert documents["torchserve_management"]["components"]["schemas"]["Error"]["required"] == ["code", "type", "message"]
     assert missing.status_code == 404
-    # TF Serving REST dispatches by regular expression (as TF Serving matches paths): no route table yet.
-    assert tfserving.status_code == 404
+    tfserving = documents["tfserving_rest"]["paths"]
+    for suffix in ("", "/versions/{version}", "/labels/{label}"):
+        model = "/v1/models/{name}" + suffix
+        assert set(tfserving[model]) == set(tfserving[model + "/metadata"]) == {"get"}
+        for verb in ("predict", "classify", "regress"):
+            assert set(tfserving[f"{model}:{verb}"]) == {"post"}
+    versioned = tfserving["/v1/models/{name}/versions/{version}:predict"]["post"]
+    assert {p["name"]: p["schema"]["type"] for p in versioned["parameters"] if p["in"] == "path"} == {
+        "name": "string", "version": "integer"}
+    assert documents["tfserving_rest"]["components"]["schemas"]["Error"]["required"] == ["error"]
+
+
+@pytest.mark.anyio
+async def test_every_documented_operation_has_its_bodies_described(tmp_path):
+    """No route falls back to a generic body: each has an entry in console/schemas.py (a route
+    added without one fails here), and every entry belongs to a route (none is left stale)."""
+    async with triton_dataplane(console_repository(tmp_path)) as dataplane:
+        console, app = _console_app(dataplane)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            documents = {api: (await client.get(f"/openapi/{api}.json")).json() for api in openapi.APIS}
+        await console.sampler.stop()
+    for api, doc in documents.items():
+        routed = {(method.upper(), path) for path, item in doc["paths"].items() for method in item}
+        assert routed == set(schemas.OPERATIONS[api]), api
+        for path, item in doc["paths"].items():
+            for method, operation in item.items():
+                assert set(operation["responses"]) - {"default"}, (api, method, path)
+                for answer in operation["responses"].values():
+                    for media in answer.get("content", {}).values():
+                        assert media["schema"] not in ({}, {"type": "object"}), (api, method, path)
+    infer = documents["http"]["paths"]["/v2/models/{model}/infer"]["post"]
+    assert infer["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/InferRequest"}
+    request_input = documents["http"]["components"]["schemas"]["RequestInput"]
+    assert request_input["required"] == ["name", "shape", "datatype"]
+    assert "FP32" in request_input["properties"]["datatype"]["enum"]
+    predict = documents["tfserving_rest"]["paths"]["/v1/models/{name}:predict"]["post"]
+    assert predict["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/PredictResponse"}
+    describe = documents["torchserve_management"]["paths"]["/models/{model}"]["get"]
+    assert describe["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ModelDescriptions"}
 
 
 def test_the_document_follows_the_routes():

@@ -25,7 +25,7 @@ def test_deploy_holds_what_the_recipes_name():
     names = {str(p.relative_to(DEPLOY)) for p in DEPLOY.rglob("*") if p.is_file()}
     assert {"kserve/clusterservingruntime.yaml", "kserve/clusterservingruntime-grpc.yaml", "kserve/isvc-http.yaml",
             "kserve/isvc-grpc.yaml", "kserve/isvc-raw-keda.yaml", "kserve/kustomization.yaml",
-            "k8s/deployment-hpa.yaml", "container/Containerfile"} <= names
+            "k8s/deployment-hpa.yaml", "container/Containerfile", "ray/serve_config.yaml", "ray/rayservice.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", manifests(), ids=lambda p: str(p.relative_to(DEPLOY)))
@@ -54,20 +54,36 @@ def _at(doc, path):
     return doc
 
 
+def _typos(doc):
+    """(where, key, a copy of doc with that key typo'd) for every key of every object of doc."""
+    for where, node in list(_objects(doc)):
+        for key in list(node) or [None]:
+            broken = copy.deepcopy(doc)
+            target = _at(broken, where)
+            if key is None:
+                target["bogus"] = 1  # an empty object (emptyDir: {}) gets an unknown key
+            else:
+                target[key + "s" if not key.endswith("s") else key[:-1]] = target.pop(key)  # containerPort -> containerPorts
+            yield where, key, broken
+
+
+def _embedded_typos(doc):
+    """A RayService's serveConfigV2 is YAML text: a typo in every key of the Serve config inside it."""
+    if doc.get("kind") != "RayService" or not isinstance(doc.get("spec", {}).get("serveConfigV2"), str):
+        return
+    for where, key, broken_config in _typos(yaml.safe_load(doc["spec"]["serveConfigV2"])):
+        broken = copy.deepcopy(doc)
+        broken["spec"]["serveConfigV2"] = yaml.safe_dump(broken_config)
+        yield ("spec", "serveConfigV2", *where), key, broken
+
+
 @pytest.mark.parametrize("path", manifests(), ids=lambda p: str(p.relative_to(DEPLOY)))
 def test_a_typo_in_any_key_of_any_object_is_caught(path):
     checked = 0
     for doc in documents(path):
-        for where, node in list(_objects(doc)):
-            for key in list(node) or [None]:
-                broken = copy.deepcopy(doc)
-                target = _at(broken, where)
-                if key is None:
-                    target["bogus"] = 1  # an empty object (emptyDir: {}) gets an unknown key
-                else:
-                    target[key + "s" if not key.endswith("s") else key[:-1]] = target.pop(key)  # containerPort -> containerPorts
-                assert errors(broken), f"{doc.get('kind', 'Serve config')} {'.'.join(map(str, where))}.{key}: typo not caught"
-                checked += 1
+        for where, key, broken in [*_typos(doc), *_embedded_typos(doc)]:
+            assert errors(broken), f"{doc.get('kind', 'Serve config')} {'.'.join(map(str, where))}.{key}: typo not caught"
+            checked += 1
     assert checked >= 5
 
 
@@ -180,3 +196,23 @@ def test_a_rayservice_is_checked_with_its_embedded_serve_config(mutate, message)
         assert found == []
     else:
         assert any(message in e for e in found), found
+
+
+def test_the_rayservice_runs_the_triserve_app_with_the_models_read_only_on_every_node():
+    doc = documents(DEPLOY / "ray" / "rayservice.yaml")[0]
+    config = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    (application,) = config["applications"]
+    assert application["import_path"] == "triserve.integrations.ray:app"
+    assert config["grpc_options"]["grpc_servicer_functions"] == [
+        f"triserve.integrations.ray.grpc_servicer.{f}" for f in ("add_GRPCInferenceServiceServicer_to_server",
+                                                                 "add_TFServingServicers_to_server",
+                                                                 "add_TorchServeInferenceServicer_to_server")]
+    cluster = doc["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    for pod in pods:
+        (container,) = pod["spec"]["containers"]
+        assert container["image"] == "triserve:replace"  # the placeholder, as the other manifests
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        assert mounts[application["args"]["model_repository"]]["readOnly"] is True
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        assert {p["name"]: p["containerPort"] for p in container["ports"]}["serve"] == config["http_options"]["port"]

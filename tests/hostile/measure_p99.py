@@ -119,6 +119,12 @@ def tf_string_val() -> bytes:
     return request.SerializeToString()
 
 
+def json_bytes_echo() -> bytes:
+    """A valid v2 JSON body of 400,000 BYTES strings to `echo` (answered 200, its answer as large)."""
+    texts = [f"t{i}" for i in range(400_000)]
+    return orjson.dumps({"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1, len(texts)], "data": [texts]}]})
+
+
 def cases(ports: dict[str, int]) -> dict:
     bomb = gzip.compress(b"\0" * (1 << 30), 9)
     numbers = json_numbers()
@@ -129,6 +135,8 @@ def cases(ports: dict[str, int]) -> dict:
         "v2-gzip-json-numbers": (lambda body: lambda: post(
             ports["http"], "/v2/models/scores/infer", body, **{"Content-Encoding": "gzip"}))(gzip.compress(numbers, 1)),
         "v2-json-bytes-to-fp32": (lambda body: lambda: post(ports["http"], "/v2/models/scores/infer", body))(json_bytes()),
+        "v2-json-bytes-echo-valid": (lambda body: lambda: post(ports["http"], "/v2/models/echo/infer", body))(
+            json_bytes_echo()),
         "tf-rest-instances": (lambda body: lambda: post(ports["tf_rest"], "/v1/models/scores:predict", body))(tf_instances()),
         "kserve-grpc-bytes-contents": (lambda body: lambda: unary(
             ports["grpc"], "/inference.GRPCInferenceService/ModelInfer", body))(kserve_bytes_contents()),
@@ -169,7 +177,8 @@ def main(selected: list[str]) -> None:
                "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]),
                "--tfserving-rest-port", str(ports["tf_rest"]), "--tfserving-grpc-port", str(ports["tf_grpc"]),
                "--metrics-port", "0", "--torchserve-inference-port", "0", "--torchserve-management-port", "0",
-               "--torchserve-metrics-port", "0", "--no-access-log"]
+               "--torchserve-metrics-port", "0", "--torchserve-grpc-inference-port", "0",
+               "--torchserve-grpc-management-port", "0", "--no-access-log"]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "w"))
     try:
         for _ in range(600):

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, NamedTuple
@@ -388,3 +389,50 @@ async def test_a_large_message_in_a_kserve_stream_is_decoded_by_a_worker_and_ans
     assert answer.infer_response.id == "big"
     assert serialized_bytes(answer.infer_response.raw_output_contents[0]) == values
     assert gate.jobs == ["infer_request"]
+
+
+async def test_a_large_valid_json_answer_is_encoded_and_compressed_off_the_event_loop(servers, monkeypatch):
+    from triserve.protocols.kserve import rest
+
+    loop_thread = threading.get_ident()
+    where: dict[str, list[bool]] = {"encode": [], "compress": []}
+
+    def spied(name: str, work: Callable[..., Any]) -> Callable[..., Any]:
+        def spy(*args: Any) -> Any:
+            where[name].append(threading.get_ident() == loop_thread)
+            return work(*args)
+        return spy
+
+    monkeypatch.setattr(rest, "encode_infer_response", spied("encode", rest.encode_infer_response))
+    monkeypatch.setattr(rest, "compress", spied("compress", rest.compress))
+    texts = [f"t{i}" for i in range(80_000)]  # more elements than offload.OFF_LOOP_SIZE
+    large = v2_json([{"name": "TEXT", "datatype": "BYTES", "shape": [1, 80_000], "data": [texts]}])
+    small = v2_json([{"name": "TEXT", "datatype": "BYTES", "shape": [1, 2], "data": [["a", "b"]]}])
+    answer = await servers.v2.post("/v2/models/echo/infer", content=large, headers={"Accept-Encoding": "gzip"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["data"] == texts  # httpx inflates the gzip answer
+    assert where == {"encode": [False], "compress": [False]}  # on a worker thread, not the loop's
+    answer = await servers.v2.post("/v2/models/echo/infer", content=small)
+    assert answer.json()["outputs"][0]["data"] == ["a", "b"]
+    assert where["encode"] == [False, True]  # a small answer is encoded where it is (no thread hop)
+
+
+async def test_a_large_json_body_goes_to_the_worker_as_the_buffer_it_was_read_into(servers, monkeypatch):
+    sent: list[type] = []
+    real = processes.run
+
+    async def spy(work: Callable[..., Any], *args: Any) -> Any:
+        sent.append(type(args[1]))  # json_input.decode(parse, body, predecode, what)
+        return await real(work, *args)
+
+    monkeypatch.setattr(processes, "run", spy)
+    texts = [f"text-{i}" for i in range(200_000)]  # about 2.4 MiB of JSON
+    body = v2_json([{"name": "TEXT", "datatype": "BYTES", "shape": [1, 200_000], "data": [texts]}])
+    answer = await servers.v2.post("/v2/models/echo/infer", content=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["data"] == texts
+    tf_body = orjson.dumps({"inputs": {"TEXT": [texts]}})  # columnar, over processes.LARGE
+    answer = await servers.tf.post("/v1/models/echo:predict", content=tf_body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"] == [texts]
+    assert sent == [bytearray, bytearray]  # preallocated from Content-Length, not joined, not copied again

@@ -1,6 +1,6 @@
 """`triserve bench`: served throughput and latency next to raw in-process inference, in one run.
 
-Sections (`--sections`, default all), each a markdown table with every served measurement as a
+Sections (`--sections`, default all but ray), each a markdown table with every served measurement as a
 ratio to a raw baseline measured in the same run, and summary lines for the aims:
 
 - onnx: raw onnxruntime (instances x threads x batch, best kept) vs binary HTTP, with and
@@ -17,7 +17,15 @@ ratio to a raw baseline measured in the same run, and summary lines for the aims
   than 10% of it;
 - openvino: the ONNX model converted to OpenVINO IR: raw OpenVINO vs raw onnxruntime (the
   server's layout) and served OpenVINO (`backend: "openvino"`) over binary HTTP (aim: served at
-  least 0.9 of raw OpenVINO).
+  least 0.9 of raw OpenVINO);
+- shm: Triton's perf_analyzer over HTTP and gRPC with `--shared-memory system` and with tensors in
+  the body, at concurrency 8, beside the bench's binary HTTP client, vs the best raw onnxruntime;
+- ensemble: a JPEG to the example ensemble efficientnet_lite0_jpeg over v2 HTTP (BYTES) and
+  TorchServe's `/predictions`, and to the example archive's `/predictions`, at concurrency 8, vs
+  decode + preprocessing + onnxruntime in-process on the server's threads;
+- ray (only when asked, needs `triserve[ray]`): v2 requests through Ray Serve on a local
+  single-node instance beside `triserve serve`, at concurrency 1 and 8, with the time added
+  per request.
 
 The machine is shared and noisy, so absolute numbers drift between runs; the served/raw ratio,
 measured minutes apart on the same machine, is the figure to compare. Servers are `triserve

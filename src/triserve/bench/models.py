@@ -94,3 +94,24 @@ def v2_grpc_request(model: BenchModel) -> bytes:
     request.outputs.add(name=model.output_name)
     request.raw_input_contents.append(model.sample[None].tobytes())
     return request.SerializeToString()
+
+
+def v2_bytes_request(model: str, input_name: str, output_name: str, data: bytes, port: int, top_k: int = 0) -> bytes:
+    """A v2 HTTP inference of one encoded file (a JPEG) as a binary BYTES tensor of shape [1, 1]
+    (a 4-byte little-endian length, then the bytes); the output binary, as the top `top_k`
+    classes (Triton's classification extension) when `top_k` is set."""
+    import struct
+
+    import orjson
+
+    element = struct.pack("<I", len(data)) + data
+    output: dict[str, Any] = {"binary_data": True}
+    if top_k:
+        output["classification"] = top_k
+    header = orjson.dumps({
+        "inputs": [{"name": input_name, "shape": [1, 1], "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(element)}}],
+        "outputs": [{"name": output_name, "parameters": output}],
+    })
+    return http_request("POST", f"/v2/models/{model}/infer", port, header + element,
+                        {"Inference-Header-Content-Length": str(len(header))})

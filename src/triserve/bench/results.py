@@ -70,3 +70,15 @@ class Table:
         for r, raw in self.rows:
             lines.append(f"| {r.label} | {r.images_per_s:.1f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.ratio(raw):.2f} |")
         return "\n".join([*lines, "", *self.notes, ""])
+
+
+def median_of(results: list[Result]) -> Result:
+    """Rounds of one measurement as one row: the median images/s, p50 and p99 of the rounds."""
+    return Result(results[0].label, float(np.median([r.images_per_s for r in results])),
+                  float(np.median([r.p50_ms for r in results])), float(np.median([r.p99_ms for r in results])))
+
+
+def median_ratio(results: list[Result], raws: list[Result]) -> float:
+    """The median over rounds of each round's ratio: rows measured next to each other share the
+    machine's load of that moment, so their ratio drifts less than a ratio of medians."""
+    return float(np.median([r.ratio(raw) for r, raw in zip(results, raws, strict=True)]))

@@ -12,10 +12,12 @@ from typing import Any, Callable, ContextManager
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
-from triserve.bench.load import GRPCSender, HTTPSender, Sender, http_request, served
-from triserve.bench.models import BenchModel, jpeg, photo, read_bench_model, v2_binary_request, v2_grpc_request
+from triserve.bench.load import HOST, GRPCSender, HTTPSender, Sender, http_request, served
+from triserve.bench.models import (BenchModel, jpeg, photo, read_bench_model, v2_binary_request, v2_bytes_request,
+                                   v2_grpc_request)
+from triserve.bench.perf import find_perf_analyzer, perf_analyzer
 from triserve.bench.raw import FRAMEWORKS, Runner, measure_raw, open_runners
-from triserve.bench.results import Result, Table, best, progress, verdict
+from triserve.bench.results import Result, Table, best, median_of, median_ratio, progress, verdict
 from triserve.bench.servers import derived_model, link_repository, running_server
 
 RAW_BATCHES = (1, 4)
@@ -28,6 +30,11 @@ SWEEP_CONCURRENCIES = (1, 2, 4, 8, 16, 32)
 SWEEP_DROP = 0.10  # aim: no layout loses more than 10% from its best point as concurrency grows
 OPENVINO_CONCURRENCIES = (1, 8)
 OPENVINO_AIM = 0.9  # aim: served OpenVINO at least 0.9 of raw OpenVINO
+SHM_CONCURRENCY = 8
+ENSEMBLE_MODEL = "efficientnet_lite0_jpeg"  # export-examples' ensemble: Python preprocess, then the ONNX model
+ENSEMBLE_CONCURRENCY = 8
+ENSEMBLE_TOP_K = 5
+ROUNDS = 3  # shm and ensemble: each measurement in 3 interleaved rounds of --seconds / 3
 # Each section's aim, printed under the run's heading; its summary line says whether it was met.
 AIMS = {
     "grpc": f"gRPC p50 at concurrency {GRPC_CONCURRENCIES[0]} within {GRPC_AIM_MS:g} ms of raw onnxruntime",
@@ -47,6 +54,7 @@ class Bench:
         self.repo = Path(args.model_repository)
         self.store = Path(args.model_store) if args.model_store else self.repo.parent / "model_store"
         self.archive = args.archive
+        self.perf_analyzer = args.perf_analyzer
         self.onnx_model = args.model_name
         self.backend_models = [n.strip() for n in args.backend_models.split(",") if n.strip()]
         self.concurrencies = [int(c) for c in args.concurrency.split(",")]
@@ -159,14 +167,21 @@ class _HandlerModel:
     output_names: list[str] = field(default_factory=lambda: ["output"])
 
 
+def _archive(b: Bench) -> tuple[Any, str]:
+    """The archive's catalog (read and extracted as the server does) and its model name."""
+    from triserve.repository.mar import MarCatalog
+
+    catalog = MarCatalog(b.store)
+    catalog.add_startup(b.archive)
+    (name,) = catalog.registered()
+    return catalog, name
+
+
 def _archive_ceiling(b: Bench) -> tuple[str, Result]:
     """The archive's model name, and in-process: decode + its handler's pre/postprocessing + its model."""
     from triserve.core import processors
-    from triserve.repository.mar import MarCatalog
 
-    catalog = MarCatalog(b.store)  # reads and extracts the archive as the server does
-    catalog.add_startup(b.archive)
-    (name,) = catalog.registered()
+    catalog, name = _archive(b)
     spec = catalog.read(name)
     version = catalog.default_version(name)
     assert version is not None
@@ -315,6 +330,174 @@ def openvino_section(b: Bench) -> Table:
     return table
 
 
+def interleaved(measures: dict[str, Callable[[float], Result]], seconds: float,
+                rounds: int = ROUNDS) -> dict[str, list[Result]]:
+    """Each measurement `rounds` times for `seconds / rounds`, one of each per round, the order
+    rotated every round: a swing in a shared machine's load then falls on every row alike."""
+    labels = list(measures)
+    results: dict[str, list[Result]] = {label: [] for label in labels}
+    for i in range(rounds):
+        shift = i % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            results[label].append(measures[label](seconds / rounds))
+    return results
+
+
+def _rounds_note(rounds: int) -> str:
+    return (f"Each row is the median of {rounds} rounds of --seconds / {rounds}, measured in turn in a rotating"
+            " order; the summary's ratios are medians of each round's ratio.")
+
+
+_PROTOCOLS = {"http": "HTTP", "grpc": "gRPC"}
+_BODY = {"http": "body (binary)", "grpc": "message"}
+
+
+def shm_table(model: str, raw: list[Result], ours: list[Result], perf: dict[tuple[str, str], list[Result]]) -> Table:
+    """The shm section's table from each measurement's rounds: perf_analyzer's by (protocol, shared
+    memory "system" or "none"), beside the bench's own binary HTTP client, against raw onnxruntime."""
+    top = median_of(raw)
+    table = Table(f"shm: {model}, perf_analyzer with system shared memory vs tensors in the body, HTTP and gRPC,"
+                  f" concurrency {SHM_CONCURRENCY}, vs raw onnxruntime on the server's layout",
+                  [(median_of(rs), top) for rs in (raw, ours, *perf.values())])
+    table.notes.append("perf_analyzer sends random data of the input's shape and type; with `--shared-memory"
+                       " system` it registers POSIX shared-memory regions and passes inputs and outputs through"
+                       " them (the server started with `--allow-client-shm true`), else binary tensors in the"
+                       " HTTP body or the gRPC message. " + _rounds_note(len(raw)))
+    pairs = {p: (perf[p, "system"], perf[p, "none"]) for p in _PROTOCOLS if (p, "system") in perf and (p, "none") in perf}
+    table.summary.append(
+        f"shm: perf_analyzer at concurrency {SHM_CONCURRENCY}, system shared memory / tensors in the body: "
+        + ", ".join(f"{_PROTOCOLS[p]} {median_ratio(shm, body):.2f}" for p, (shm, body) in pairs.items())
+        + f"; / raw onnxruntime ({top.images_per_s:.1f} images/s): "
+        + ", ".join(f"{rs[0].label.rsplit(', ', 1)[0]} {median_ratio(rs, raw):.2f}" for rs in (ours, *perf.values())))
+    return table
+
+
+def shm_section(b: Bench) -> Table:
+    """perf_analyzer over HTTP and gRPC, with `--shared-memory system` and without, at one
+    concurrency, beside the bench's binary HTTP client, against raw onnxruntime with the server's
+    instances and threads, all in interleaved rounds."""
+    binary = find_perf_analyzer(b.perf_analyzer)  # missing: the section fails before measuring anything
+    model = b.model(b.onnx_model)
+    count, threads = b.server_threads
+    x = np.ascontiguousarray(model.sample[None])
+    calls = [functools.partial(run, x) for run in open_runners(model.platform, model.model_file, count, threads)]
+    raw_label = f"raw {model.framework} {model.name}, {count} instance(s) x {threads} thread(s), batch 1"
+    ours_label = f"served binary HTTP (bench client), concurrency {SHM_CONCURRENCY}"
+    repo = link_repository(b.tmp / "shm", b.repo, [model.name])
+    with b.server("shm", ["--model-repository", str(repo), "--allow-client-shm", "true"], ("http", "grpc")) as ports:
+        sender = HTTPSender(ports["http"], v2_binary_request(model, ports["http"]))
+        bench_client: list[Result] = []  # its latest rate sizes perf_analyzer's request counts
+
+        def ours(seconds: float) -> Result:
+            bench_client.append(served(ours_label, sender, SHM_CONCURRENCY, seconds))
+            return bench_client[-1]
+
+        def run_perf(protocol: str, memory: str, label: str) -> Callable[[float], Result]:
+            def measure(seconds: float) -> Result:  # a request count of about `seconds` at the bench client's rate
+                return perf_analyzer(binary, label, model.name, protocol, f"{HOST}:{ports[protocol]}", SHM_CONCURRENCY,
+                                     round(bench_client[-1].images_per_s * seconds), memory)
+            return measure
+
+        # The bench client first: the first round starts with it, so perf_analyzer has a rate to go by.
+        measures: dict[str, Callable[[float], Result]] = {
+            ours_label: ours, raw_label: lambda seconds: progress(measure_raw(raw_label, calls, 1, seconds))}
+        keys: dict[str, tuple[str, str]] = {}
+        for protocol in _PROTOCOLS:
+            for memory in ("none", "system"):
+                how = "system shared memory" if memory == "system" else f"tensors in the {_BODY[protocol]}"
+                label = f"perf_analyzer {_PROTOCOLS[protocol]}, {how}, concurrency {SHM_CONCURRENCY}"
+                keys[label] = (protocol, memory)
+                measures[label] = run_perf(protocol, memory, label)
+        rounds = interleaved(measures, b.seconds)
+    perf = {key: rounds[label] for label, key in keys.items()}
+    return shm_table(model.name, rounds[raw_label], rounds[ours_label], perf)
+
+
+def jpeg_pixels(data: bytes) -> np.ndarray:
+    """What the example's Python `preprocess` model makes of one image (examples/export.py): decode,
+    resize and crop as TorchServe's image_classifier, RGB 0..255, float32 [3, 224, 224]."""
+    from triserve.vision.images import IMAGENET_MEAN, IMAGENET_STD, decode, imagenet_preprocess
+
+    x = imagenet_preprocess(decode(data))
+    return ((x * IMAGENET_STD[:, None, None] + IMAGENET_MEAN[:, None, None]) * 255).astype(np.float32)
+
+
+def _ensemble_onnx(b: Bench) -> tuple[mc.ModelConfig, BenchModel]:
+    """The ensemble's config and its ONNX step (the model the in-process ceiling runs)."""
+    from triserve.repository.triton import read_model
+
+    if not (b.repo / ENSEMBLE_MODEL).is_dir():
+        raise RuntimeError(f"no model '{ENSEMBLE_MODEL}' in {b.repo} (triserve export-examples writes it)")
+    config = read_model(ENSEMBLE_MODEL, b.repo / ENSEMBLE_MODEL).config
+    steps = [step.model_name for step in config.ensemble_scheduling.step]
+    onnx = [name for name in steps if read_model(name, b.repo / name).config.platform == "onnxruntime_onnx"]
+    if config.platform != "ensemble" or len(onnx) != 1:
+        raise RuntimeError(f"model '{ENSEMBLE_MODEL}' is not an ensemble with one ONNX step (steps: {steps})")
+    return config, b.model(onnx[0])
+
+
+def _ensemble_ceiling(b: Bench, onnx: BenchModel) -> tuple[str, Callable[[float], Result]]:
+    """In-process: decode + preprocess (triserve's vision code) + onnxruntime + top-k, on the
+    server's threads: its label and what measures it for some seconds."""
+    from triserve.vision.topk import top_indices
+
+    count, threads = b.server_threads
+    runners = open_runners(onnx.platform, onnx.model_file, count, threads)
+
+    def pipeline(run: Runner) -> Callable[[], Any]:
+        return lambda: top_indices(run(jpeg_pixels(b.jpeg)[None]), ENSEMBLE_TOP_K)
+
+    label = f"in-process: JPEG decode + preprocess + {onnx.framework} {onnx.name}, {count} thread(s) x {threads}"
+    calls = [pipeline(r) for r in runners]
+    return label, lambda seconds: progress(measure_raw(label, calls, 1, seconds))
+
+
+def ensemble_table(ceiling: list[Result], results: list[list[Result]]) -> Table:
+    """The ensemble section's table from each measurement's rounds: every served JPEG path against
+    the in-process ceiling."""
+    top = median_of(ceiling)
+    table = Table(f"ensemble: {ENSEMBLE_MODEL} (Python preprocess, then ONNX) and the TorchServe archive, a JPEG per"
+                  f" request at concurrency {ENSEMBLE_CONCURRENCY}, vs in-process decode + ONNX",
+                  [(median_of(rs), top) for rs in (ceiling, *results)])
+    table.notes.append(f"v2 HTTP sends the JPEG as a binary BYTES tensor and asks for the top {ENSEMBLE_TOP_K}"
+                       " (classification); the PUTs send it as the raw body (`curl -T`); the archive runs its"
+                       " TorchScript model through image_classifier (its own ceiling is the torchserve section's). "
+                       + _rounds_note(len(ceiling)))
+    table.summary.append(f"ensemble at concurrency {ENSEMBLE_CONCURRENCY} / in-process decode + ONNX"
+                         f" ({top.images_per_s:.1f} images/s): "
+                         + ", ".join(f"{rs[0].label.rsplit(', ', 1)[0].removeprefix('served ')}"
+                                     f" {median_ratio(rs, ceiling):.2f}" for rs in results))
+    return table
+
+
+def ensemble_section(b: Bench) -> Table:
+    """The JPEG ensemble over v2 HTTP and TorchServe's `/predictions`, and the example archive's
+    `/predictions`, at concurrency 8, against decode + ONNX in-process on the server's threads,
+    in interleaved rounds."""
+    config, onnx = _ensemble_onnx(b)
+    _, archive = _archive(b)
+    ceiling_label, ceiling = _ensemble_ceiling(b, onnx)
+    steps = [step.model_name for step in config.ensemble_scheduling.step]
+    repo = link_repository(b.tmp / "ensemble", b.repo, [ENSEMBLE_MODEL, *steps])
+    args = ["--model-repository", str(repo), "--model-store", str(b.store), "--models", f"{archive}={b.archive}"]
+    with b.server("ensemble", args, ("http", "torchserve_inference")) as ports:
+        http, ts = ports["http"], ports["torchserve_inference"]
+        senders = {
+            "served v2 HTTP BYTES": HTTPSender(http, v2_bytes_request(
+                ENSEMBLE_MODEL, config.input[0].name, config.output[0].name, b.jpeg, http, ENSEMBLE_TOP_K)),
+            f"served PUT /predictions/{ENSEMBLE_MODEL}": HTTPSender(
+                ts, http_request("PUT", f"/predictions/{ENSEMBLE_MODEL}", ts, b.jpeg)),
+            f"served PUT /predictions/{archive} (archive)": HTTPSender(
+                ts, http_request("PUT", f"/predictions/{archive}", ts, b.jpeg)),
+        }
+        measures: dict[str, Callable[[float], Result]] = {ceiling_label: ceiling}
+        for label, sender in senders.items():
+            full = f"{label}, concurrency {ENSEMBLE_CONCURRENCY}"
+            measures[full] = functools.partial(served, full, sender, ENSEMBLE_CONCURRENCY)
+        rounds = interleaved(measures, b.seconds)
+    return ensemble_table(rounds[ceiling_label], [rounds[label] for label in measures if label != ceiling_label])
+
+
 SECTIONS: dict[str, Callable[[Bench], Table]] = {
     "onnx": onnx_section,
     "grpc": grpc_section,
@@ -322,4 +505,7 @@ SECTIONS: dict[str, Callable[[Bench], Table]] = {
     "backends": backends_section,
     "sweep": sweep_section,
     "openvino": openvino_section,
+    "shm": shm_section,
+    "ensemble": ensemble_section,
+    "ray": lambda b: __import__("triserve.bench.ray_section", fromlist=["ray_section"]).ray_section(b),  # imports Ray only when run
 }

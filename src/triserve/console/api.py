@@ -146,7 +146,7 @@ class Console:
         """Document a front end this server runs (its app: `frontend.server.config.app`)."""
         if name in openapi.APIS and name != "http":
             app = getattr(getattr(getattr(frontend, "server", None), "config", None), "app", frontend)
-            if openapi.routes_of(app):  # (TF Serving REST matches paths itself: no route table to document)
+            if openapi.routes_of(app):
                 self.apis[name] = app
 
     # -- models ------------------------------------------------------------------------

@@ -1,7 +1,9 @@
-"""OpenAPI 3.1 documents generated from the front ends' own routes (Starlette route tables):
-every path, method and typed path parameter as the server routes it, the handler's docstring as
-the summary, and each protocol's error body. Served at /openapi.json (the v2 HTTP port's API),
-/openapi/{api}.json (each HTTP API this server runs) and rendered by Swagger UI at /docs."""
+"""OpenAPI 3.1 documents generated from the front ends' own routes (Starlette route tables, and
+TF Serving REST's table of `TFRoute`s): every path, method and typed path parameter as the server
+routes it, the handler's docstring as the summary, and each operation's request and response
+bodies from console/schemas.py (with each protocol's error body). Served at /openapi.json (the v2
+HTTP port's API), /openapi/{api}.json (each HTTP API this server runs) and rendered by Swagger UI
+at /docs."""
 
 from __future__ import annotations
 
@@ -11,24 +13,19 @@ from typing import Any, Iterable
 from starlette.routing import BaseRoute, Mount, Route
 
 from triserve import __version__
+from triserve.console import schemas
 
 OPENAPI_VERSION = "3.1.0"
 
-_V2_ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
-_TORCHSERVE_ERROR = {
-    "type": "object",
-    "properties": {"code": {"type": "integer"}, "type": {"type": "string"}, "message": {"type": "string"}},
-    "required": ["code", "type", "message"],
-}
-# name -> (title, description, error body)
-APIS: dict[str, tuple[str, str, dict[str, Any]]] = {
+# name -> (title, description)
+APIS: dict[str, tuple[str, str]] = {
     "http": ("KServe v2 HTTP", "The KServe v2 inference protocol with Triton's extensions (binary tensors,"
              " classification, statistics, model configuration, model repository, shared memory, trace, logging)"
-             " and the triserve console's JSON endpoints.", _V2_ERROR),
-    "tfserving_rest": ("TF Serving REST", "TensorFlow Serving's REST API (predict, classify, regress, status, metadata).",
-                       _V2_ERROR),
-    "torchserve_inference": ("TorchServe inference", "TorchServe's inference API.", _TORCHSERVE_ERROR),
-    "torchserve_management": ("TorchServe management", "TorchServe's management API.", _TORCHSERVE_ERROR),
+             " and the triserve console's JSON endpoints."),
+    "tfserving_rest": ("TF Serving REST", "TensorFlow Serving's REST API (predict, classify, regress, status,"
+                       " metadata) and its Prometheus metrics; errors are {\"error\": message}."),
+    "torchserve_inference": ("TorchServe inference", "TorchServe's inference API."),
+    "torchserve_management": ("TorchServe management", "TorchServe's management API."),
 }
 _CONVERTORS = {"IntegerConvertor": {"type": "integer"}, "FloatConvertor": {"type": "number"}}
 # The page and its assets are not an API.
@@ -80,9 +77,31 @@ def _operation_id(method: str, path: str, used: set[str]) -> str:
     return name
 
 
+_ERROR = {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _described(entry: dict[str, Any], operation: dict[str, Any]) -> None:
+    """The bodies, query and header parameters of a schemas.OPERATIONS entry, on the operation."""
+    responses: dict[str, Any] = {}
+    for code, (description, media) in entry["responses"].items():
+        responses[code] = {"description": description}
+        if media:
+            responses[code]["content"] = {kind: {"schema": schema} for kind, schema in media.items()}
+    responses["default"] = _ERROR
+    operation["responses"] = responses
+    extra = [{"name": n, "in": "query", "required": False, "schema": s} for n, s in entry["query"].items()]
+    extra += [{"name": n, "in": "header", "required": False, "schema": s} for n, s in entry["headers"].items()]
+    if extra:
+        operation["parameters"] = operation.get("parameters", []) + extra
+    if entry["request"]:
+        operation["requestBody"] = {"required": entry["required"],
+                                    "content": {kind: {"schema": s} for kind, s in entry["request"].items()}}
+
+
 def document(api: str, routes: Iterable[BaseRoute], server_url: str | None = None) -> dict[str, Any]:
     """The OpenAPI 3.1 document of one API's routes."""
-    title, description, error = APIS[api]
+    title, description = APIS[api]
+    described = schemas.OPERATIONS.get(api, {})
     paths: dict[str, dict[str, Any]] = {}
     used: set[str] = set()
     for path, route in _flatten(routes):
@@ -109,8 +128,10 @@ def document(api: str, routes: Iterable[BaseRoute], server_url: str | None = Non
             if details:
                 operation["description"] = details
             if parameters:
-                operation["parameters"] = parameters
-            if method in ("POST", "PUT", "PATCH"):
+                operation["parameters"] = list(parameters)
+            if (method, path) in described:
+                _described(described[(method, path)], operation)
+            elif method in ("POST", "PUT", "PATCH"):  # not described yet: any body
                 operation["requestBody"] = {"required": False, "content": {
                     "application/json": {"schema": {"type": "object"}},
                     "application/octet-stream": {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}},
@@ -120,7 +141,7 @@ def document(api: str, routes: Iterable[BaseRoute], server_url: str | None = Non
         "openapi": OPENAPI_VERSION,
         "info": {"title": f"triserve: {title}", "version": __version__, "description": description},
         "paths": dict(sorted(paths.items())),
-        "components": {"schemas": {"Error": error}},
+        "components": {"schemas": dict(schemas.COMPONENTS[api])},
     }
     if server_url:
         doc["servers"] = [{"url": server_url}]

@@ -85,13 +85,24 @@ class DecoupledScheduler:
         self._next += 1
         queued = time.monotonic_ns()
         deadline = time.monotonic() + timeout_us / 1e6 if timeout_us else 0.0
+        traced = request.trace  # a traced request (core.trace): Model.infer's stamps, compute around execute
+        if traced is not None:
+            traced.model_name, traced.model_version, traced.request_id = model.name, model.version_str, request.id
+            traced.stamp("REQUEST_START", start)
+            traced.stamp("QUEUE_START", queued)
+            for name, array in request.inputs.items():
+                traced.tensor("TENSOR_QUEUE_INPUT", name, headers[name][0], array, queued)
 
         def execute() -> None:
             EXECUTION.deadline = deadline
+            if traced is not None:
+                traced.stamp("COMPUTE_START")
             try:
                 run(dict(request.inputs), names, emit)
             finally:
                 EXECUTION.deadline = 0.0
+                if traced is not None:
+                    traced.stamp("COMPUTE_END")
 
         finished = loop.run_in_executor(EXECUTION_THREADS, execute)
         failed: BaseException | None = None
@@ -122,6 +133,8 @@ class DecoupledScheduler:
             else:
                 self._release()
             end = time.monotonic_ns()
+            if traced is not None:
+                traced.stamp("REQUEST_END", end)
             self.stats.pending -= 1
             if failed is None:
                 self.stats.record_execution(batch_size or 1, 0, end - queued, 0)
@@ -136,7 +149,11 @@ class DecoupledScheduler:
     def _response(model: Any, request: InferRequest, item: Any, names: list[str]) -> InferResponse | ServerError:
         if isinstance(item, BaseException):
             return item  # an error response: the stream says so and goes on
-        return InferResponse(model.name, model.version_str, request.id, {n: item[n] for n in names if n in item})
+        outputs = {n: item[n] for n in names if n in item}
+        if request.trace is not None and request.trace.tensors:  # as Triton's InferenceResponse::Send
+            for name, value in outputs.items():
+                request.trace.tensor("TENSOR_BACKEND_OUTPUT", name, _datatype(value), value)
+        return InferResponse(model.name, model.version_str, request.id, outputs)
 
     async def close(self) -> None:
         await asyncio.sleep(0)

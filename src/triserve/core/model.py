@@ -158,6 +158,11 @@ class Model:
         if request.trace is not None:
             request.trace.stamp("QUEUE_START", pending.enqueued_ns)
             pending.trace = request.trace  # the scheduler stamps its compute times
+            if request.trace.tensors and not isinstance(self.scheduler, SequenceBatcher):
+                # Triton's dynamic batcher (and ensemble scheduler) report the queued inputs;
+                # its sequence batcher does not (core src/dynamic_batch_scheduler.cc Enqueue).
+                for name, array in request.inputs.items():
+                    request.trace.tensor("TENSOR_QUEUE_INPUT", name, headers[name][0], array, pending.enqueued_ns)
         return self._respond(request, requested, pending)
 
     def infer_signature(self, request: InferRequest, name: str) -> Awaitable[InferResponse]:
@@ -212,6 +217,8 @@ class Model:
             spec = self.outputs[out.name]
             if spec.HasField("reshape"):
                 value = value.reshape(([value.shape[0]] if batched else []) + list(spec.dims))
+            if request.trace is not None and request.trace.tensors:  # as Triton's InferenceResponse::Send
+                request.trace.tensor("TENSOR_BACKEND_OUTPUT", out.name, _datatype(value.dtype), value)
             if out.class_count:
                 value = classify(value, out.class_count, self.labels.get(out.name, []), batched, out.name)
             outputs[out.name] = value

@@ -26,6 +26,10 @@ os.environ.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", RAY_ENA
 # Serve gives its proxy 5 s to report ready and 10 s per health check, three strikes, then kills
 # it: on a busy 2-core machine a healthy proxy misses that. Generous bounds only fail a hung one.
 os.environ.update(RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S="60", RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S="60")
+# A request for a multiplexed model waits up to 1-2 s (by default) for a replica holding its model
+# before Serve sends it to another one (which then loads it, evicting its least recently used
+# model); 50 ms makes that happen under the multiplexing test's load, so evictions are exercised.
+os.environ.update(RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S="0.05")
 
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
@@ -34,7 +38,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.inprocess import SIMPLE_CONFIG, tiny_repository  # noqa: E402
 from triserve.integrations.ray import app  # noqa: E402
-from triserve.integrations.ray.deployments import GRPC_SERVICER, Settings, settings_from_args  # noqa: E402
+from triserve.integrations.ray.deployments import GRPC_SERVICERS, Settings, settings_from_args  # noqa: E402
 from triserve.options import FRONTENDS, ServerOptions  # noqa: E402
 from triserve.server import Server  # noqa: E402
 
@@ -73,7 +77,7 @@ def cluster(repo):
     port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly",
-                    grpc_options={"port": GRPC_PORT, "grpc_servicer_functions": [GRPC_SERVICER]})
+                    grpc_options={"port": GRPC_PORT, "grpc_servicer_functions": GRPC_SERVICERS})
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
@@ -136,8 +140,8 @@ CALLS = [
 
 
 def _single_process(repo, work, grpc_port: int = 0):
-    """Run `work(url)` against `triserve serve --single-port` (same routes on one port; gRPC on
-    `grpc_port` if given) in this process."""
+    """Run `work(url)` against `triserve serve --single-port` (same routes on one port; every gRPC
+    service on `grpc_port` if given) in this process."""
     port = free_port()
     server = Server(ServerOptions(model_repositories=(repo,), ports={**{n: 0 for n in FRONTENDS}, "grpc": grpc_port},
                                   single_port=port, batch_calibration="off"))
@@ -516,3 +520,191 @@ def test_a_worker_node_removed_under_load_fails_no_request(served, repo):
     print(f"\nworker node removed under 4 clients: {counts['ok']} ok, {len(failures)} failed, {retried} retried")
     assert failures == []
     assert retried >= 1  # the removal did hit requests in flight
+
+
+MULTIPLEXED = "TriserveMultiplexed"
+
+
+def _multiplexed_call(name: str, i: int) -> tuple[str, dict, object]:
+    """A request for model `name` whose inputs depend on `i`, and the answer it must get."""
+    if name == "simple":
+        a, b = [(i + k) % 97 for k in range(16)], [i % 5] * 16
+        request = {"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": a},
+                              {"name": "INPUT1", "shape": [1, 16], "datatype": "INT32", "data": b}]}
+        return "/v2/models/simple/infer", request, [[x + y for x, y in zip(a, b)], [x - y for x, y in zip(a, b)]]
+    if name == "scores":
+        data = [float((i + k) % 7) for k in range(5)]
+        return ("/v2/models/scores/infer",
+                {"inputs": [{"name": "INPUT", "shape": [1, 5], "datatype": "FP32", "data": data}]}, [data])
+    x = [float(i % 11), 1.5, -2.0]
+    return "/v2/models/doubler/infer", {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": x}]}, [
+        [2 * v for v in x]]
+
+
+def _multiplex_counts(bound: int = 200) -> dict[str, dict]:
+    """Each multiplexed replica's counts (loads, evictions, resident models), by replica id."""
+    handle = serve.get_deployment_handle(MULTIPLEXED, app_name=APP)
+    found: dict[str, dict] = {}
+    for _ in range(bound):
+        counts = handle.counts.remote().result()
+        found[counts["replica"]] = counts
+        if len(found) == 2:
+            return found
+    raise AssertionError(f"only {len(found)} multiplexed replica(s) answered")
+
+
+@slow
+def test_three_models_multiplexed_on_two_replicas_of_two_models_each(served, repo, tmp_path):
+    """@serve.multiplexed: 3 models, 2 replicas holding at most 2 models each (model id = model
+    name, least recently used evicted). 6 clients ask for all 3 models: every answer is right,
+    no replica ever holds more than 2 models, and models are evicted and loaded again."""
+    models = tiny_repository(tmp_path / "multiplexed")  # simple, scores, doubler
+    serve.run(app({"model_repository": str(models), "replicas": 2, "multiplex": 2, "max_replicas_per_node": 1,
+                   "max_ongoing_requests": 1, "serve_args": "--batch-calibration off"}), name=APP, route_prefix="/")
+    try:
+        wait_until(lambda: httpx.get(f"{served}/v2/health/ready", timeout=30).status_code == 200)
+        index = httpx.post(f"{served}/v2/repository/index", timeout=30).json()
+        assert sorted((r["name"], r["state"]) for r in index) == [("doubler", "READY"), ("scores", "READY"),
+                                                                  ("simple", "READY")]
+        lock, stop = threading.Lock(), threading.Event()
+        answers = {"ok": 0}
+        wrong: list[str] = []
+
+        def client(c: int) -> None:
+            order = ["simple", "scores", "doubler"][c % 3:] + ["simple", "scores", "doubler"][:c % 3]
+            i = c * 1000
+            with httpx.Client(base_url=served, timeout=120) as http:
+                while not stop.is_set():
+                    for name in order:
+                        i += 1
+                        path, body, want = _multiplexed_call(name, i)
+                        r = http.post(path, json=body)
+                        good = r.status_code == 200 and [o["data"] for o in r.json()["outputs"]] == want
+                        with lock:
+                            if good:
+                                answers["ok"] += 1
+                            else:
+                                wrong.append(f"{name} {r.status_code} {r.text[:200]}")
+
+        threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(6)]
+        for t in threads:
+            t.start()
+        seen: list[dict] = []
+        try:
+            def evicted() -> bool:
+                counts = _multiplex_counts()
+                seen.append(counts)
+                assert all(len(c["resident"]) <= 2 for c in counts.values()), counts
+                return answers["ok"] >= 60 and sum(c["evictions"] for c in counts.values()) >= 1
+            try:
+                wait_until(evicted)
+            except AssertionError:
+                raise AssertionError(f"no eviction seen: {answers['ok']} right, wrong {wrong[:3]}, last {seen[-1:]}")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(120)
+        final = _multiplex_counts()
+        loads = sum(c["loads"] for c in final.values())
+        evictions = sum(c["evictions"] for c in final.values())
+        print(f"\nmultiplexing 3 models on 2 replicas (2 each) under 6 clients: {answers['ok']} right answers,"
+              f" {len(wrong)} wrong; loads {loads}, evictions {evictions};"
+              f" per replica {[(c['loads'], c['evictions'], c['resident']) for c in final.values()]}")
+        assert wrong == []
+        assert evictions >= 1 and loads >= 3
+        assert all(len(c["resident"]) <= 2 and c["loads"] - c["evictions"] == len(c["resident"]) for c in final.values())
+    finally:
+        deploy(repo, served, retries=3)
+
+
+def _tfserving_and_torchserve_grpc_calls(tfserving: str, torchserve: str) -> list:
+    """TF Serving's stock stubs (tensorflow-serving-api) and TorchServe's method paths: answers as
+    bytes, errors as (code, details)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import grpc
+    import tensorflow as tf
+    from google.protobuf import empty_pb2
+    from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
+                                         prediction_service_pb2_grpc)
+
+    from triserve.protos import torchserve_inference_pb2 as ts
+
+    answers: list = []
+
+    def call(fn) -> None:
+        try:
+            answers.append(fn().SerializeToString(deterministic=True))
+        except grpc.RpcError as e:
+            answers.append((str(e.code()), e.details()))
+
+    with grpc.insecure_channel(tfserving) as channel:
+        predictions = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        models = model_service_pb2_grpc.ModelServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "doubler"
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=tf.float32))
+        call(lambda: predictions.Predict(request, timeout=60))
+        metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        metadata.model_spec.name = "simple"
+
+        def signatures():  # the SignatureDefMap packed in the answer (an Any: its map order is the server's)
+            answer = predictions.GetModelMetadata(metadata, timeout=60)
+            unpacked = get_model_metadata_pb2.SignatureDefMap()
+            assert answer.metadata["signature_def"].Unpack(unpacked)
+            del answer.metadata["signature_def"]
+            answer.metadata["signature_def"].Pack(unpacked, deterministic=True)
+            return answer
+
+        call(signatures)
+        status = get_model_status_pb2.GetModelStatusRequest()
+        status.model_spec.name = "doubler"
+        call(lambda: models.GetModelStatus(status, timeout=60))
+        unknown = predict_pb2.PredictRequest()
+        unknown.CopyFrom(request)
+        unknown.model_spec.name = "nope"
+        call(lambda: predictions.Predict(unknown, timeout=60))
+        wrong = predict_pb2.PredictRequest()
+        wrong.CopyFrom(request)
+        wrong.inputs["x"].CopyFrom(tf.make_tensor_proto([[1, 2, 3]], dtype=tf.int64))
+        call(lambda: predictions.Predict(wrong, timeout=60))
+        call(lambda: channel.unary_unary("/tensorflow.serving.PredictionService/Predict")(b"\xff\xff", timeout=60))
+    with grpc.insecure_channel(torchserve) as channel:
+        service = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/"
+
+        def unary(method, request, response):
+            return channel.unary_unary(service + method, request_serializer=lambda m: m.SerializeToString(),
+                                       response_deserializer=response.FromString)(request, timeout=60)
+
+        row = ts.PredictionsRequest(model_name="doubler", input={"body": b'{"x": [1.0, 2.0, 3.0]}'})
+        call(lambda: unary("Ping", empty_pb2.Empty(), ts.TorchServeHealthResponse))
+        call(lambda: unary("Predictions", row, ts.PredictionResponse))
+        streamed = channel.unary_stream(service + "StreamPredictions", request_serializer=lambda m: m.SerializeToString(),
+                                        response_deserializer=ts.PredictionResponse.FromString)
+        call(lambda: ts.PredictionResponse(prediction=b"".join(r.prediction for r in streamed(row, timeout=60))))
+        call(lambda: unary("Predictions", ts.PredictionsRequest(model_name="nope", input=row.input), ts.PredictionResponse))
+    return answers
+
+
+@slow
+def test_tfserving_and_torchserve_grpc_through_serve_answer_what_the_single_process_server_answers(served, repo):
+    """TF Serving's PredictionService/ModelService and TorchServe's inference service through
+    Serve's gRPC proxy (the same port as v2 gRPC): the same bytes and errors as `triserve serve`'s
+    own TF Serving and TorchServe gRPC ports."""
+    port = free_port()  # --single-port: every gRPC service on the one gRPC port, as through Serve
+    expected = _single_process(repo, lambda url: _tfserving_and_torchserve_grpc_calls(
+        f"127.0.0.1:{port}", f"127.0.0.1:{port}"), grpc_port=port)
+    print(f"\nTF Serving / TorchServe gRPC, triserve serve: {[a if isinstance(a, tuple) else len(a) for a in expected]}")
+    through_serve = _tfserving_and_torchserve_grpc_calls(f"127.0.0.1:{GRPC_PORT}", f"127.0.0.1:{GRPC_PORT}")
+    print(f"\nTF Serving / TorchServe gRPC through Serve: {[a if isinstance(a, tuple) else len(a) for a in through_serve]}")
+    assert [isinstance(a, bytes) for a in expected] == [True, True, True, False, False, False, True, True, True, False]
+    import json
+
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    from triserve.protos import torchserve_inference_pb2 as ts
+
+    predicted = predict_pb2.PredictResponse.FromString(expected[0]).outputs["y"]
+    assert tf.make_ndarray(predicted).tolist() == [[2.0, 4.0, 6.0], [8.0, 10.0, 12.0]]
+    assert [json.loads(ts.PredictionResponse.FromString(a).prediction) for a in expected[7:9]] == [{"y": [2.0, 4.0, 6.0]}] * 2
+    assert through_serve == expected

@@ -48,3 +48,33 @@ async def test_models_that_cannot_be_served_through_ray_are_unavailable_with_the
             answer = await ingress.post("/v2/models/accumulate/infer", json={"inputs": []})
             assert answer.status_code == 503 and NOT_THROUGH_RAY["sequence"] in answer.json()["error"]
             assert (await ingress.get("/v2/health/ready")).status_code == 503
+
+
+@pytest.mark.anyio
+async def test_a_multiplexed_replicas_snapshot_shows_models_it_loaded_once_as_servable(tmp_path):
+    """merge(): what a multiplexed replica reports. A model it loaded once is servable (it loads
+    again on demand), shown as it was then; a model that failed to load shows why, and the
+    snapshot is not ready."""
+    from triserve.integrations.ray.snapshot import merge
+
+    repo = tiny_repository(tmp_path)
+    (repo / "broken" / "1").mkdir(parents=True)
+    (repo / "broken" / "1" / "model.onnx").write_bytes(b"not onnx")
+    async with triton_dataplane(repo, control_mode="explicit", load_models=[]) as dataplane:
+        known = {}
+        for name in ("simple", "doubler"):
+            await dataplane.load(name)
+            known[name] = take(dataplane)
+        await dataplane.unload("simple")  # evicted: still servable through the application
+        merged = pickle.loads(pickle.dumps(merge(take(dataplane), known)))
+        assert set(merged.models) == {"simple", "doubler"} and merged.ready
+        assert merged.models["simple"][1].config == known["simple"].models["simple"][1].config
+        states = {(r.name, r.version): r.state for r in merged.index}
+        assert states[("simple", "1")] == states[("doubler", "1")] == "READY"
+        assert merged.statuses["simple"].state == "READY" and not states.get(("scores", "1"), "").startswith("READY")
+        with pytest.raises(Exception):
+            await dataplane.load("broken")
+        failed = merge(take(dataplane), known, ("broken",))
+        assert not failed.ready and failed.statuses["broken"].state == "UNAVAILABLE" and failed.statuses["broken"].reason
+        remote = RemoteDataPlane(merged, Replica(dataplane))
+        assert remote.model("simple").config.name == "simple" and remote.ready()

@@ -21,11 +21,12 @@ from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import free_port
-from tests.inprocess import doubler_onnx, tiny_repository, triton_dataplane
+from tests.inprocess import doubler_onnx, repeat_repository, tiny_repository, triton_dataplane
 from triserve import __version__
 from triserve.core.dataplane import DataPlane
-from triserve.options import GRPCOptions, ServerOptions
+from triserve.options import GRPCOptions, KServeOptions, ServerOptions
 from triserve.protocols.kserve import grpc as v2grpc
+from triserve.protocols.kserve import trace
 from triserve.protocols.kserve.common import EXTENSIONS
 
 pytestmark = pytest.mark.anyio
@@ -353,6 +354,90 @@ async def test_a_bad_request_on_a_stream_gets_an_error_message_while_the_others_
         assert np.frombuffer(output, "<i4").tolist() == (A + A).tolist()
 
 
+# -- tracing a stream, and decoupled models ------------------------------------------------------
+
+def trace_options(path: Path) -> ServerOptions:
+    """Tracing on from the start for every request (TIMESTAMPS and TENSORS), into `path`."""
+    config = (f"triton,file={path}", "level=TIMESTAMPS", "level=TENSORS", "rate=1")
+    return ServerOptions(kserve=KServeOptions(trace_config=config))
+
+
+def traces_in(path: Path) -> dict[str, list[dict]]:
+    """The trace file's objects of each request, by request id."""
+    trace.WRITER.submit(lambda: None).result()  # what was handed to the writer is written
+    items = json.loads(path.read_text())
+    ids = {i["id"]: i["request_id"] for i in items if "model_name" in i}
+    found: dict[str, list[dict]] = {}
+    for item in items:
+        found.setdefault(ids[item["id"]], []).append(item)
+    return found
+
+
+def names_of(items: list[dict]) -> list[str]:
+    return [i["timestamps"][0]["name"] if "timestamps" in i else i.get("activity", "model") for i in items]
+
+
+STREAM_ORDER = [
+    "model", "GRPC_WAITREAD_START", "GRPC_WAITREAD_END", "REQUEST_START", "QUEUE_START", "TENSOR_QUEUE_INPUT",
+    "TENSOR_QUEUE_INPUT", "COMPUTE_START", "COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START", "COMPUTE_END",
+    "TENSOR_BACKEND_OUTPUT", "TENSOR_BACKEND_OUTPUT", "INFER_RESPONSE_COMPLETE", "REQUEST_END", "GRPC_SEND_START",
+    "GRPC_SEND_END",
+]
+
+
+async def test_each_request_of_a_stream_is_traced_as_model_infer_traces_it(tmp_path):
+    async with triton_dataplane(tiny_repository(tmp_path / "models")) as plane:
+        async with served(plane, trace_options(tmp_path / "trace.json")) as s:
+            async def requests():
+                for i in range(3):
+                    yield raw_request(a=np.full((1, 16), i, np.int32), id=f"s{i}")
+
+            answered = [r.infer_response.id async for r in s.stub.ModelStreamInfer(requests())]
+            assert sorted(answered) == ["s0", "s1", "s2"]
+    traces = traces_in(tmp_path / "trace.json")
+    assert sorted(traces) == ["s0", "s1", "s2"]
+    for i in range(3):
+        items = traces[f"s{i}"]
+        assert names_of(items) == STREAM_ORDER
+        assert items[0]["model_name"] == "simple"
+        ns = [item["timestamps"][0]["ns"] for item in items if "timestamps" in item]
+        assert ns == sorted(ns)
+        outputs = [item["tensor"] for item in items if item.get("activity") == "TENSOR_BACKEND_OUTPUT"]
+        assert outputs[0] == {"name": "OUTPUT0", "data": ",".join([str(2 * i)] * 16), "shape": "1,16", "dtype": "INT32"}
+
+
+async def test_a_decoupled_model_is_refused_by_model_infer_in_tritons_words_and_traced_on_a_stream(tmp_path):
+    async with triton_dataplane(repeat_repository(tmp_path / "models")) as plane:
+        async with served(plane, trace_options(tmp_path / "trace.json")) as s:
+            values = aioclient.InferInput("IN", [3], "INT32")
+            values.set_data_from_numpy(np.array([4, 5, 6], np.int32))
+            e = await client_error(s.client.infer("repeat", [values], request_id="unary"))
+            # Triton's ModelInferHandler::Execute: UNSUPPORTED, which its gRPC codes make UNIMPLEMENTED
+            assert (e.status(), e.message()) == (
+                "StatusCode.UNIMPLEMENTED", "ModelInfer RPC doesn't support models with decoupled transaction policy")
+
+            async def requests():
+                yield {"model_name": "repeat", "inputs": [values], "request_id": "many"}
+
+            got = []
+            async for result, error in s.client.stream_infer(requests()):  # read to the stream's end
+                assert error is None, error
+                got.append(int(result.as_numpy("OUT")[0]))
+            assert got == [4, 5, 6]
+    traces = traces_in(tmp_path / "trace.json")
+    assert sorted(traces) == ["many"]  # the refused request was not traced (Triton refuses before tracing)
+    items = traces["many"]
+    names = names_of(items)
+    assert names[:6] == ["model", "GRPC_WAITREAD_START", "GRPC_WAITREAD_END", "REQUEST_START", "QUEUE_START",
+                         "TENSOR_QUEUE_INPUT"]
+    assert names.count("GRPC_SEND_START") == names.count("GRPC_SEND_END") == 3  # one per response
+    assert names.count("INFER_RESPONSE_COMPLETE") == 1 and "COMPUTE_START" in names and "REQUEST_END" in names
+    outputs = [i["tensor"]["data"] for i in items if i.get("activity") == "TENSOR_BACKEND_OUTPUT"]
+    assert outputs == ["4", "5", "6"]
+    queued = [i["tensor"] for i in items if i.get("activity") == "TENSOR_QUEUE_INPUT"]
+    assert queued == [{"name": "IN", "data": "4,5,6", "shape": "3", "dtype": "INT32"}]
+
+
 # -- statistics ---------------------------------------------------------------------------------
 
 async def test_statistics_of_a_model_count_its_inferences(client):
@@ -551,3 +636,25 @@ async def test_load_errors_in_tritons_words(explicit):
     error = await client_error(explicit.client.load_model("doubler", config=json.dumps(bad_input)))
     assert error.message().startswith("load failed for model 'doubler': ") and "'nope'" in error.message()
     assert await explicit.client.is_server_live()
+
+
+@pytest.mark.anyio
+async def test_raw_fixed_size_contents_are_read_without_a_thread_hop(tmp_path, monkeypatch):
+    from triserve.protocols.transport import offload
+
+    hopped, off_loop = [], offload.off_loop
+
+    async def counted(work, *args):
+        hopped.append(work)
+        return await off_loop(work, *args)
+
+    monkeypatch.setattr(offload, "OFF_LOOP_SIZE", 0)  # any work that counts goes to a thread
+    monkeypatch.setattr(offload, "off_loop", counted)
+    x = np.arange(12, dtype="<f4").reshape(4, 3)
+    request = pb.ModelInferRequest(model_name="doubler")
+    request.inputs.add(name="x", datatype="FP32", shape=[4, 3])
+    request.raw_input_contents.append(x.tobytes())
+    async with triton_dataplane(tiny_repository(tmp_path)) as dataplane:
+        decoded = await v2grpc.decode_infer_request(dataplane.model("doubler", None), request)
+    np.testing.assert_array_equal(decoded.inputs["x"], x)
+    assert v2grpc._read_inputs not in hopped  # viewing raw FP32 contents needs no worker thread

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from tests.inprocess import doubler_onnx, tiny_repository, triton_dataplane
+from tests.inprocess import doubler_onnx, repeat_repository, tiny_repository, triton_dataplane
 from triserve import __version__
 from triserve.core.dataplane import DataPlane
+from triserve.protocols.kserve import trace
 from triserve.protocols.kserve.common import EXTENSIONS
 from triserve.protocols.kserve.rest import V2HTTP
 
@@ -786,3 +787,54 @@ async def test_load_errors_in_tritons_words(explicit, tmp_path):
     response = await explicit.post("/v2/repository/models/doubler/load", json={"parameters": parameters})
     assert_error(response, 400, "load failed for model 'doubler': ")
     assert_error(response, 400, "'nope'")
+
+
+async def test_a_decoupled_model_is_refused_in_tritons_words_before_the_body_is_read_or_traced(tmp_path):
+    async with triton_dataplane(repeat_repository(tmp_path / "models")) as plane:
+        tracer = trace.Tracer(trace.TraceValues(level=("TIMESTAMPS", "TENSORS"), rate=1, file=str(tmp_path / "t.json")))
+        transport = httpx.ASGITransport(app=V2HTTP(plane, tracer=tracer).app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            body = {"inputs": [{"name": "IN", "datatype": "INT32", "shape": [2], "data": [1, 2]}]}
+            # Triton's HTTPAPIServer::CheckTransactionPolicy: UNSUPPORTED, which Triton's HTTP codes make 501
+            assert_error(await http.post("/v2/models/repeat/infer", json=body), 501,
+                         "HTTP end point doesn't support models with decoupled transaction policy")
+            assert_error(await http.post("/v2/models/repeat/versions/1/infer", content=b"not json"), 501,
+                         "HTTP end point doesn't support models with decoupled transaction policy")
+            ok = await http.post("/v2/models/simple/infer", json={"inputs": simple_inputs()})
+            assert ok.status_code == 200, ok.text
+    trace.WRITER.submit(lambda: None).result()
+    items = json.loads((tmp_path / "t.json").read_text())
+    # the refused requests were never sampled: the first trace is the simple model's, with id 1
+    assert [i for i in items if "model_name" in i] == [{"id": 1, "model_name": "simple", "model_version": 1}]
+
+
+@pytest.mark.anyio
+async def test_binary_fixed_size_inputs_are_views_of_the_body_read_without_a_thread_hop(tmp_path, monkeypatch):
+    from triserve.protocols.kserve import rest
+    from triserve.protocols.transport import offload
+
+    hopped, off_loop = [], offload.off_loop
+
+    async def counted(work, *args):
+        hopped.append(work)
+        return await off_loop(work, *args)
+
+    monkeypatch.setattr(offload, "OFF_LOOP_SIZE", 0)  # any work that counts goes to a thread
+    monkeypatch.setattr(offload, "off_loop", counted)
+    x = np.arange(12, dtype="<f4").reshape(4, 3)
+    header = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [4, 3],
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}).encode()
+    body = header + x.tobytes()
+    async with triton_dataplane(tiny_repository(tmp_path)) as dataplane:
+        request, _ = await rest.decode_infer_request(dataplane.model("doubler", None), json.loads(header),
+                                                     memoryview(body)[len(header):])
+        assert np.shares_memory(request.inputs["x"], np.frombuffer(body, np.uint8))
+        assert rest._read_inputs not in hopped  # viewing binary FP32 data needs no worker thread
+        transport = httpx.ASGITransport(app=V2HTTP(dataplane).app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            response = await client.post("/v2/models/doubler/infer", content=body,
+                                         headers={"Inference-Header-Content-Length": str(len(header))})
+    assert response.status_code == 200, response.text
+    length = int(response.headers["Inference-Header-Content-Length"])
+    np.testing.assert_array_equal(np.frombuffer(response.content[length:], "<f4").reshape(4, 3), 2 * x)

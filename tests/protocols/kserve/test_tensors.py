@@ -206,3 +206,24 @@ def test_byte_strings_are_refused_before_reading_when_the_data_cannot_hold_the_s
 def test_a_long_shape_is_cut_short_in_its_error():
     message = error(tensors.check_shape, "x", [1.5] * 1_000_000)
     assert len(message) < 300 and message.endswith("...")
+
+
+def test_binary_fixed_size_data_is_a_view_of_the_body_and_costs_no_read():
+    body = b"header" + np.arange(6, dtype="<f4").tobytes()
+    array = tensors.from_bytes("x", "FP32", [2, 3], memoryview(body)[6:])
+    assert np.shares_memory(array, np.frombuffer(body, np.uint8))  # no copy of the tensor bytes
+    assert tensors.read_cost("FP32", len(body)) == 0  # so no worker thread is needed to "read" it
+    assert tensors.read_cost("BYTES", 100) == 100  # BYTES elements are split one by one
+
+
+@pytest.mark.parametrize("array", [
+    np.arange(6, dtype=np.float32).reshape(2, 3), np.array([True, False]), np.zeros((0, 4), np.float16),
+    np.arange(4, dtype=">i4"), np.arange(6.0).reshape(2, 3).T, np.array([b"ab", b""], dtype=np.object_),
+])
+def test_to_buffer_is_to_bytes_and_a_view_where_the_array_is_already_laid_out(array):
+    buffer = tensors.to_buffer(array)
+    assert bytes(buffer) == tensors.to_bytes(array)
+    laid_out = array.dtype != np.object_ and array.flags.c_contiguous and array.dtype.byteorder != ">"
+    assert isinstance(buffer, memoryview) == laid_out
+    if laid_out and array.size:
+        assert np.shares_memory(np.frombuffer(buffer, np.uint8), array)

@@ -425,6 +425,50 @@ async def test_paths_match_as_tf_serving_matches_them(rest):
     assert error(await rest.get("/v2/models/plus"), 404) == "Not found: GET /v2/models/plus"
 
 
+def test_the_route_table_has_every_path_shape_of_tf_servings_rest_api():
+    """The table dispatch() matches with (and the OpenAPI document is generated from)."""
+    routes = TFServingREST(object()).routes  # type: ignore[arg-type]  (building the table reads no model)
+    shapes = {(route.method, route.path_format) for route in routes}
+    expected = {("GET", "/monitoring/prometheus/metrics")}
+    for suffix in ("", "/versions/{version}", "/labels/{label}"):
+        model = "/v1/models/{name}" + suffix
+        expected |= {("GET", model), ("GET", model + "/metadata")}
+        expected |= {("POST", f"{model}:{verb}") for verb in ("predict", "classify", "regress")}
+    assert shapes == expected
+    versioned = next(r for r in routes if r.path_format == "/v1/models/{name}/versions/{version}/metadata")
+    assert type(versioned.param_convertors["version"]).__name__ == "IntegerConvertor"
+    assert versioned.parameters("GET", "/V1/MODELS/my%20model/VERSIONS/3/METADATA") == {"name": "my model", "version": 3}
+    assert versioned.parameters("POST", "/v1/models/m/versions/3/metadata") is None
+    assert versioned.parameters("GET", "/v1/models/m/versions/x/metadata") is None
+    labelled = next(r for r in routes if r.path_format == "/v1/models/{name}/labels/{label}:classify")
+    assert labelled.parameters("POST", "/v1/models/m/labels/a%2Fb:CLASSIFY") == {"name": "m", "label": "a/b"}
+    metrics = routes[0]
+    assert metrics.parameters("GET", "/monitoring/prometheus/metrics") == {}
+    assert metrics.parameters("GET", "/MONITORING/prometheus/metrics") is None  # an exact path in TF Serving
+
+
+@pytest.mark.anyio
+async def test_dispatch_answers_with_the_route_table(models_conf):
+    """A route added to the table is answered: the table is what dispatch() matches with."""
+    from starlette.responses import PlainTextResponse
+
+    from triserve.protocols.tfserving.rest import TFRoute
+
+    async with running_dataplane([models_conf(PLUS)]) as dataplane:
+        rest = TFServingREST(dataplane)
+
+        async def echo(request, name):
+            return PlainTextResponse(f"hello {name}")
+
+        rest.routes.append(TFRoute("/v1/models/{name}:hello", echo, "POST"))
+        transport = httpx.ASGITransport(app=rest.app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://tfserving") as client:
+            assert (await client.post("/v1/models/plus:Hello")).text == "hello plus"
+            rest.routes.clear()
+            assert error(await client.get("/v1/models/plus"), 400) == "Malformed request: GET /v1/models/plus"
+        assert rest.app().routes is rest.routes
+
+
 # -- metrics ------------------------------------------------------------------------------
 def samples(text: str, name: str) -> dict[str, float]:
     """`name{labels} value` lines as {labels: value}."""

@@ -251,6 +251,8 @@ async def test_scale_a_repository_model_up_to_zero_and_back(store, tmp_path):
             (one,) = await described(management, "/models/simple")
             answer = await first_output(inference, "/predictions/simple")
             unknown = await management.put("/models/simple/7", params={"min_worker": 1})
+            # found by schemathesis: an unknown model is 404 before its worker count is judged (was 500)
+            nobody = await management.put("/models/nobody", params={"min_worker": -1})
     assert up.status_code == 200 and len(two["workers"]) == 2
     assert zero.json() == {"status": "Workers scaled to 0 for model: simple, version: 1"}
     assert stopped["workers"] == [] and stopped["status"] == "UNAVAILABLE"
@@ -258,6 +260,7 @@ async def test_scale_a_repository_model_up_to_zero_and_back(store, tmp_path):
     assert back.status_code == 200, back.text
     assert len(one["workers"]) == 1 and answer == SUM
     assert_error(unknown, 404, "ModelVersionNotFoundException")
+    assert_error(nobody, 404, "ModelNotFoundException")
 
 
 async def test_scale_refuses_bad_worker_counts_and_unknown_models(store):

@@ -118,3 +118,35 @@ async def test_corrupt_and_truncated_streams_are_400(encoding, body):
 async def test_an_unknown_encoding_is_400_naming_the_ones_supported():
     with pytest.raises(ServerError, match="unsupported Content-Encoding 'br', expected gzip, deflate or identity"):
         await inflate(b"x", "br", MiB)
+
+
+async def test_a_large_body_with_a_content_length_is_written_into_one_buffer_as_it_arrives():
+    pieces = [bytes([i]) * (256 << 10) for i in range(8)]  # 2 MiB in eight pieces
+    client = Client(pieces, content_length=2 * MiB)
+    body = await read_body(client.request, 64 * MiB, buffer=True)
+    assert type(body) is bytearray and body == b"".join(pieces)
+    assert client.read == 8
+
+
+async def test_without_a_content_length_or_when_small_a_buffered_body_is_joined_bytes():
+    pieces = [b"x" * (1 << 20), b"y" * (1 << 20)]
+    chunked = await read_body(Client(pieces).request, 64 * MiB, buffer=True)
+    small = await read_body(Client([b"ab", b"cd"], content_length=4).request, 64 * MiB, buffer=True)
+    assert type(chunked) is bytes and chunked == b"".join(pieces)
+    assert type(small) is bytes and small == b"abcd"
+
+
+async def test_a_buffered_body_that_ends_short_of_or_past_its_content_length_keeps_what_came():
+    pieces = [b"a" * (1 << 20), b"b" * (1 << 19)]
+    short = await read_body(Client(pieces, content_length=2 * MiB).request, 64 * MiB, buffer=True)
+    assert short == b"".join(pieces)
+    longer = await read_body(Client(pieces + [b"c" * (1 << 20)], content_length=(1 << 20) + 10).request,
+                             64 * MiB, buffer=True)
+    assert longer == b"".join(pieces) + b"c" * (1 << 20)
+
+
+async def test_a_buffered_body_past_the_limit_is_still_refused_at_the_first_piece_past_it():
+    client = Client([b"x" * (1 << 20)] * 8, content_length=3 * MiB)  # says 3 MiB, sends more
+    with pytest.raises(BodyTooLarge):
+        await read_body(client.request, 4 * MiB, buffer=True)
+    assert client.read == 5

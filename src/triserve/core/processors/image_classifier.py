@@ -19,7 +19,7 @@ import numpy as np
 
 from triserve.errors import invalid
 from triserve.core.processors import Row, main_field
-from triserve.vision.images import decode, imagenet_preprocess
+from triserve.vision.images import imagenet_image
 from triserve.vision.topk import label, top_indices
 
 log = logging.getLogger("triserve")
@@ -71,7 +71,7 @@ class ImageClassifier:
             except (binascii.Error, ValueError) as e:
                 raise invalid(f"a text image field must be base64: {e}") from None
         if isinstance(value, (bytes, bytearray, memoryview)):
-            return imagenet_preprocess(decode(bytes(value)))
+            return imagenet_image(bytes(value))  # a large JPEG is decoded reduced (vision.images.DRAFT_MARGIN)
         # A JSON tensor: used as the model input as it is, as TorchServe does.
         try:
             return np.asarray(value, dtype=np.float32)

@@ -37,7 +37,12 @@ def add_arguments(r: argparse.ArgumentParser) -> None:
                         " model's max_batch_size lets batches form)")
     r.add_argument("--max-ongoing-requests", type=int, default=16,
                    help="requests one model replica takes at a time; more wait in Serve's queue (default 16)")
-    r.add_argument("--num-cpus", type=float, default=1.0, help="CPUs each model replica reserves (default 1)")
+    r.add_argument("--num-cpus", default="1",
+                   help="CPUs each model replica reserves, fractions allowed, or 'auto': 0.5 per CPU instance of"
+                        " the instance_group of each model the replica holds (default 1)")
+    r.add_argument("--multiplex", type=int, default=0, metavar="N",
+                   help="each model replica holds at most N models, loaded on their first request, the least"
+                        " recently used evicted (Serve's multiplexing; default 0: every replica serves every model)")
     r.add_argument("--num-gpus", type=float, default=0.0,
                    help="GPUs each model replica reserves, fractions allowed (0.5: two replicas per GPU; default 0)")
     r.add_argument("--retries", type=int, default=3,
@@ -48,8 +53,9 @@ def add_arguments(r: argparse.ArgumentParser) -> None:
                    help="port of Serve's HTTP proxies: v2, TF Serving REST and TorchServe inference routes"
                         " (default 8000)")
     r.add_argument("--grpc-port", type=int, default=8001,
-                   help="port of Serve's gRPC proxies: KServe v2 inference.GRPCInferenceService, ModelStreamInfer"
-                        " included (default 8001; 0: no gRPC)")
+                   help="port of Serve's gRPC proxies: KServe v2 inference.GRPCInferenceService (ModelStreamInfer"
+                        " included), TF Serving's PredictionService and ModelService, TorchServe's inference"
+                        " service (default 8001; 0: no gRPC)")
     r.add_argument("--proxy-location", default="EveryNode", choices=["EveryNode", "HeadOnly", "Disabled"],
                    help="where Serve runs HTTP proxies (default EveryNode)")
     r.add_argument("--name", default="triserve", help="the Serve application's name (default triserve)")
@@ -75,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         "model_repository": list(args.model_repository), "serve_args": args.serve_args,
         "replicas": args.replicas, "num_cpus": args.num_cpus, "num_gpus": args.num_gpus,
         "max_ongoing_requests": args.max_ongoing_requests, "target_ongoing_requests": args.target_ongoing_requests,
-        "retries": args.retries,
+        "retries": args.retries, "multiplex": args.multiplex,
     }
     if args.autoscale:
         values["autoscale"] = args.autoscale
@@ -87,9 +93,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"triserve ray: {e}", file=sys.stderr)
         return 2
     ray.init(address=args.address, logging_level="warning")
-    from triserve.integrations.ray.deployments import GRPC_SERVICER
+    from triserve.integrations.ray.deployments import GRPC_SERVICERS
 
-    grpc_options = {"port": args.grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]} if args.grpc_port else None
+    grpc_options = {"port": args.grpc_port, "grpc_servicer_functions": GRPC_SERVICERS} if args.grpc_port else None
     serve.start(http_options={"host": args.host, "port": args.http_port}, grpc_options=grpc_options,
                 proxy_location=args.proxy_location)
     serve.run(build(settings), name=args.name, route_prefix="/")

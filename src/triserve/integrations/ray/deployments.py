@@ -14,16 +14,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import ray
 from ray import serve
 
 from triserve.core.processors import Reply, Row
 from triserve.core.types import InferRequest, InferResponse
-from triserve.errors import ServerError
-from triserve.integrations.ray.snapshot import Failure, Snapshot, take
+from triserve.errors import Code, ServerError
+from triserve.integrations.ray.snapshot import Failure, Snapshot, merge, take
 
 log = logging.getLogger("triserve")
 
@@ -48,6 +50,7 @@ class Settings:
     ingress_resources: dict[str, float] = field(default_factory=dict)  # Ray resources pinning the ingress
     health_check_period_s: float = 10.0
     autoscaling_extra: dict[str, Any] = field(default_factory=dict)  # more autoscaling_config fields
+    multiplex: int | None = None  # models per replica: @serve.multiplexed (LRU) instead of every model everywhere
 
     def model_options(self) -> dict[str, Any]:
         actor: dict[str, Any] = {"num_cpus": self.num_cpus}
@@ -77,6 +80,14 @@ def _options(serve_args: list[str]):
     from triserve.options import from_args
 
     return from_args(_serve_parser().parse_args(serve_args))
+
+
+def _multiplex_options(serve_args: list[str]):
+    """A multiplexed replica's options: explicit mode, nothing loaded at start (Serve's
+    multiplexing loads each model on its first request and evicts the least recently used)."""
+    import dataclasses
+
+    return dataclasses.replace(_options(serve_args), model_control_mode="explicit", load_models=())
 
 
 def _startup_models(options: Any, dataplane: Any) -> list[str]:
@@ -126,11 +137,119 @@ class Models:
             raise RuntimeError(f"model(s) no longer ready on this replica: {', '.join(lost)}")
 
 
+class _Resident:
+    """A model held by Serve's multiplexing cache on one replica; Serve calls __del__ when it
+    evicts the model (in a thread of its executor): the model is unloaded from the replica's data
+    plane before Serve loads the next one."""
+
+    def __init__(self, replica: "MultiplexedModels", name: str) -> None:
+        self.replica, self.name, self.done = replica, name, False
+
+    def __del__(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        replica = self.replica
+        try:
+            future = asyncio.run_coroutine_threadsafe(replica.evict(self.name), replica.loop)
+        except RuntimeError:  # the replica's loop is closed: it is shutting down
+            return
+        if threading.current_thread() is not replica.loop_thread:
+            future.result()  # Serve's executor thread: the unload is over before the next load
+
+
+@serve.deployment(name="TriserveMultiplexed")
+class MultiplexedModels:
+    """One replica of a multiplexed application: the data plane of `triserve serve` over the same
+    model sources, holding at most `models_per_replica` models (Serve's @serve.multiplexed, model
+    id = model name, least recently used evicted). The ingress sends each request with
+    `multiplexed_model_id` = its model's name, so Serve routes it to a replica holding the model."""
+
+    async def __init__(self, serve_args: list[str], models_per_replica: int) -> None:
+        from triserve import logs
+        from triserve.server import build_dataplane
+
+        options = _multiplex_options(list(serve_args))
+        logs.configure_runtime(options.log_level, options.log_format, options.log_file)
+        self.dataplane = build_dataplane(options)
+        await self.dataplane.manager.start([])
+        self.loop, self.loop_thread = asyncio.get_running_loop(), threading.current_thread()
+        self.lock = asyncio.Lock()  # one load or unload at a time (Serve's and describe()'s)
+        self.resident: list[str] = []  # what Serve's cache holds, oldest first
+        self.loads = self.evictions = 0
+        self.known: dict[str, Snapshot] = {}  # each model's part of the snapshot, once it loaded here
+        self.failed: set[str] = set()
+
+        async def model(name: str) -> _Resident:  # a plain function: Serve keeps its cache on it
+            return await self._load(name)
+
+        self.model = serve.multiplexed(max_num_models_per_replica=models_per_replica)(model)
+
+    async def _load(self, name: str) -> _Resident:
+        async with self.lock:
+            await self.dataplane.load(name)
+            self.known[name] = take(self.dataplane)
+            self.loads += 1
+            self.resident.append(name)
+        return _Resident(self, name)
+
+    async def evict(self, name: str) -> None:
+        async with self.lock:
+            self.resident.remove(name)
+            self.evictions += 1
+            await self.dataplane.unload(name)
+
+    async def describe(self) -> Snapshot:
+        """Every model of the sources, as the ingress needs it: a model never loaded here is loaded
+        once (and unloaded again, unless Serve's cache holds it) to learn its completed config."""
+        for name in self.dataplane.names():
+            if name in self.known or name in self.failed:
+                continue
+            async with self.lock:
+                try:
+                    await self.dataplane.load(name)
+                    self.known[name] = take(self.dataplane)
+                except ServerError:
+                    self.failed.add(name)  # its status says why; not tried again
+                if name not in self.resident and name in self.known:
+                    await self.dataplane.unload(name)
+        return merge(take(self.dataplane), self.known, tuple(sorted(self.failed)))
+
+    def counts(self) -> dict[str, Any]:
+        """This replica's multiplexing figures (for tests and operators)."""
+        return {"replica": serve.get_replica_context().replica_id.unique_id, "loads": self.loads,
+                "evictions": self.evictions, "resident": list(self.resident)}
+
+    async def _serving(self, name: str) -> None:
+        model_id = serve.get_multiplexed_model_id() or name
+        if model_id != name:
+            raise ServerError(f"request for '{name}' routed as model '{model_id}'", Code.INTERNAL)
+        await self.model(name)
+
+    async def infer(self, name: str, version: int, request: InferRequest, split: bool) -> InferResponse | Failure:
+        try:
+            await self._serving(name)
+            model = self.dataplane.model(name, version)
+            return await self.dataplane.infer(model, request, split)  # queued before any eviction can run
+        except ServerError as e:
+            return Failure.of(e)
+
+    async def predict(self, name: str, version: int, rows: list[Row]) -> list[Reply] | Failure:
+        try:
+            await self._serving(name)
+            return await self.dataplane.predict(self.dataplane.model(name, version), rows)
+        except ServerError as e:
+            return Failure.of(e)
+
+
 # -- gRPC: Serve's gRPC proxy calls the deployment method named like the RPC ---------------------
 GRPC_SERVICER = "triserve.integrations.ray.grpc_servicer.add_GRPCInferenceServiceServicer_to_server"
+TFSERVING_SERVICER = "triserve.integrations.ray.grpc_servicer.add_TFServingServicers_to_server"
+TORCHSERVE_SERVICER = "triserve.integrations.ray.grpc_servicer.add_TorchServeInferenceServicer_to_server"
+GRPC_SERVICERS = [GRPC_SERVICER, TFSERVING_SERVICER, TORCHSERVE_SERVICER]  # every gRPC service triserve serves through Serve
 
 
-class _Aborted(Exception):
+class _Aborted(grpc.aio.AbortError):
     """The RPC ended with the status set on Serve's context (Serve answers the client with it)."""
 
 
@@ -189,17 +308,53 @@ _model_stream_infer.__name__ = _model_stream_infer.__qualname__ = "ModelStreamIn
 GRPCMethods.ModelStreamInfer = _model_stream_infer  # type: ignore[attr-defined]
 
 
-class HandleBackend:
-    """remote.Backend over the model deployment's handle."""
+def _protocol_method(name: str, handler: Any) -> Any:
+    """A deployment method answering one TF Serving / TorchServe RPC with the protocol's own
+    handler (it takes the request bytes: Serve's proxy does not parse them)."""
+    if handler.unary_unary is not None:
+        async def method(self, request: bytes, grpc_context: Any = None) -> Any:
+            return await self.protocol_grpc[name].unary_unary(request, _Context(grpc_context))
+    elif handler.unary_stream is not None:
+        async def method(self, request: bytes, grpc_context: Any = None) -> Any:  # type: ignore[misc]
+            async for answer in self.protocol_grpc[name].unary_stream(request, _Context(grpc_context)):
+                yield answer
+    else:
+        async def method(self, request_stream: Any, grpc_context: Any = None) -> Any:  # type: ignore[misc]
+            async for answer in self.protocol_grpc[name].stream_stream(request_stream, _Context(grpc_context)):
+                yield answer
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"{name} (TF Serving / TorchServe gRPC), answered by its protocol package's handler"
+    return method
 
-    def __init__(self, handle: Any) -> None:
+
+def _add_protocol_methods() -> None:
+    from triserve.integrations.ray.grpc_servicer import protocol_handlers
+
+    for name, handler in protocol_handlers(None).items():
+        if hasattr(GRPCMethods, name):
+            raise TypeError(f"gRPC method {name} is served twice")  # Serve's proxy dispatches by method name
+        setattr(GRPCMethods, name, _protocol_method(name, handler))
+
+
+_add_protocol_methods()
+
+
+class HandleBackend:
+    """remote.Backend over the model deployment's handle; `multiplexed`: each call names its
+    model as the multiplexed model id (Serve routes it to a replica holding that model)."""
+
+    def __init__(self, handle: Any, multiplexed: bool = False) -> None:
         self.handle = handle
+        self.multiplexed = multiplexed
+
+    def _for(self, name: str) -> Any:
+        return self.handle.options(multiplexed_model_id=name) if self.multiplexed else self.handle
 
     async def infer(self, name: str, version: int, request: InferRequest, split: bool):
-        return await self.handle.infer.remote(name, version, request, split)
+        return await self._for(name).infer.remote(name, version, request, split)
 
     async def predict(self, name: str, version: int, rows: list[Row]):
-        return await self.handle.predict.remote(name, version, rows)
+        return await self._for(name).predict.remote(name, version, rows)
 
 
 @serve.deployment(name="TriserveIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
@@ -208,17 +363,21 @@ class Ingress(GRPCMethods):
     """The HTTP routes of `triserve serve --single-port` (v2, TF Serving REST, TorchServe
     inference) and the v2 gRPC service, each served by its protocol package over a RemoteDataPlane."""
 
-    async def __init__(self, models: Any, retries: int = 3, serve_args: list[str] | None = None) -> None:
+    async def __init__(self, models: Any, retries: int = 3, serve_args: list[str] | None = None,
+                       multiplexed: bool = False) -> None:
         from triserve.integrations.ray.remote import RemoteDataPlane
 
         self.models = models
         self.options = _options(list(serve_args)) if serve_args else None  # the body limits
         snapshot = await models.describe.remote()
-        self.dataplane = RemoteDataPlane(snapshot, HandleBackend(models), RETRYABLE, retries)
+        self.dataplane = RemoteDataPlane(snapshot, HandleBackend(models, multiplexed), RETRYABLE, retries)
         from triserve.integrations.ray import grpc_servicer  # noqa: F401 (the messages' module names)
         from triserve.protocols.kserve.grpc import V2GRPC
 
         self.grpc = V2GRPC(self.dataplane)
+        from triserve.integrations.ray.grpc_servicer import protocol_handlers
+
+        self.protocol_grpc = protocol_handlers(self.dataplane, self.options)
         self._refresher = asyncio.get_running_loop().create_task(self._refresh())
 
     async def _refresh(self) -> None:
@@ -241,11 +400,13 @@ class Ingress(GRPCMethods):
 
 def build(settings: Settings) -> Any:
     """The Serve application (bind()-ed, for serve.run or an app builder)."""
-    models = Models.options(**settings.model_options()).bind(list(settings.serve_args))
+    if settings.multiplex:
+        models = MultiplexedModels.options(**settings.model_options()).bind(list(settings.serve_args), settings.multiplex)
+    else:
+        models = Models.options(**settings.model_options()).bind(list(settings.serve_args))
     ingress_actor = {"num_cpus": 0, **({"resources": dict(settings.ingress_resources)} if settings.ingress_resources else {})}
     return Ingress.options(num_replicas=settings.ingress_replicas, ray_actor_options=ingress_actor).bind(
-        models, settings.retries,
-                                                                       list(settings.serve_args))
+        models, settings.retries, list(settings.serve_args), bool(settings.multiplex))
 
 
 def _autoscale(text: str) -> tuple[int, int]:
@@ -262,10 +423,13 @@ def settings_from_args(args: dict[str, str]) -> Settings:
     num_gpus, max_ongoing_requests, target_ongoing_requests, retries, max_replicas_per_node, and
     autoscaling_config (more fields of Serve's autoscaling_config: an object, or JSON text), and
     ingress_resources (Ray resources the ingress needs, to pin it: {"node:__internal_head__": 0.001}
-    keeps it beside a HeadOnly proxy)."""
+    keeps it beside a HeadOnly proxy), multiplex (N: each replica holds at most N models, loaded on
+    demand, least recently used evicted; default off: every replica serves every model), and
+    num_cpus=auto (each replica's CPUs from its models' instance_group, `cpu_per_instance` CPUs per
+    CPU instance, default 0.5: see integrations/ray/resources.py)."""
     known = {"model_repository", "serve_args", "replicas", "autoscale", "num_cpus", "num_gpus",
              "max_ongoing_requests", "target_ongoing_requests", "retries", "max_replicas_per_node",
-             "autoscaling_config", "ingress_resources"}
+             "autoscaling_config", "ingress_resources", "multiplex", "cpu_per_instance"}
     unknown = sorted(set(args) - known)
     if unknown:
         raise ValueError(f"unknown argument(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -298,11 +462,15 @@ def settings_from_args(args: dict[str, str]) -> Settings:
             raise ValueError("ingress_resources must be a JSON object of Ray resources") from None
     if not isinstance(pinned, dict):
         raise ValueError("ingress_resources must be an object of Ray resources")
+    multiplex = int(args["multiplex"]) if args.get("multiplex") not in (None, "", 0, "0") else None
+    if multiplex is not None and multiplex < 1:
+        raise ValueError("multiplex must be the number of models one replica holds (at least 1)")
+    num_cpus = _num_cpus(args, serve_args, multiplex)
     return Settings(
         serve_args=tuple(serve_args),
         replicas=int(args.get("replicas", 1)),
         autoscale=_autoscale(str(args["autoscale"])) if args.get("autoscale") else None,
-        num_cpus=float(args.get("num_cpus", 1)),
+        num_cpus=num_cpus,
         num_gpus=float(args.get("num_gpus", 0)),
         max_ongoing_requests=int(args.get("max_ongoing_requests", 16)),
         target_ongoing_requests=float(args.get("target_ongoing_requests", 2)),
@@ -310,4 +478,33 @@ def settings_from_args(args: dict[str, str]) -> Settings:
         max_replicas_per_node=int(args["max_replicas_per_node"]) if args.get("max_replicas_per_node") else None,
         autoscaling_extra=dict(extra),
         ingress_resources={str(k): float(v) for k, v in pinned.items()},
+        multiplex=multiplex,
     )
+
+
+def _num_cpus(args: dict[str, Any], serve_args: list[str], multiplex: int | None) -> float:
+    """num_cpus: a number, or `auto`: from the models' instance_group (resources.py's rule)."""
+    value = args.get("num_cpus", 1)
+    per_instance = args.get("cpu_per_instance")
+    if str(value).strip().lower() != "auto":
+        if per_instance is not None:
+            raise ValueError("cpu_per_instance goes with num_cpus=auto")
+        try:
+            cpus = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"num_cpus must be a number of CPUs or 'auto', got {value!r}") from None
+        if cpus < 0:
+            raise ValueError("num_cpus must not be negative")
+        return cpus
+    from triserve.integrations.ray.resources import CPU_PER_INSTANCE, replica_cpus, repository_shares
+
+    share = float(per_instance) if per_instance is not None else CPU_PER_INSTANCE
+    if share <= 0:
+        raise ValueError("cpu_per_instance must be more than 0")
+    try:
+        options = _options(list(serve_args))
+    except SystemExit:
+        raise ValueError("serve_args are not valid `triserve serve` flags") from None
+    except ServerError as e:
+        raise ValueError(f"num_cpus=auto: {e.message}") from None
+    return replica_cpus(repository_shares(options, share).values(), multiplex, share)

@@ -120,3 +120,34 @@ class Failure:
         vars(error).update(self.state)
         return error
 
+
+
+def merge(current: Snapshot, known: Mapping[str, Snapshot], failed: tuple[str, ...] = ()) -> Snapshot:
+    """A multiplexed replica's snapshot: a model that loaded on it once is servable (it loads on
+    demand), so it shows as it was when loaded (READY, its config); any other model as `current`
+    (the replica's data plane now) reports it. Ready: no model failed to load or is refused."""
+    statuses = dict(current.statuses)
+    aliases, defaults = dict(current.aliases), dict(current.defaults)
+    models: dict[str, Mapping[int, ModelView]] = {}
+    rows = [r for r in current.index if r.name not in known]
+    refused = False
+    for name, part in known.items():
+        if name in part.statuses:
+            statuses[name] = part.statuses[name]
+        rows += [r for r in part.index if r.name == name]
+        aliases[name], defaults[name] = part.aliases.get(name, {}), part.defaults.get(name)
+        if name in part.models:
+            models[name] = part.models[name]
+        else:
+            refused = True  # a sequence or decoupled model: UNAVAILABLE with the reason
+    rows.sort(key=lambda r: (r.name, int(r.version) if r.version.isdigit() else -1))
+    return Snapshot(
+        ready=current.ready and not refused and not failed,
+        control_mode=current.control_mode,
+        names=current.names,
+        statuses=statuses,
+        index=tuple(rows),
+        aliases=aliases,
+        defaults=defaults,
+        models=models,
+    )

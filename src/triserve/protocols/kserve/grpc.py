@@ -46,6 +46,8 @@ from triserve.protocols.kserve.statistics import statistics_json
 log = logging.getLogger("triserve")
 
 SERVICE = "inference.GRPCInferenceService"
+# Triton's ModelInferHandler::Execute (server src/grpc/infer_handler.cc): UNSUPPORTED, UNIMPLEMENTED.
+DECOUPLED_REFUSED = "ModelInfer RPC doesn't support models with decoupled transaction policy"
 # An inference request whose typed `contents` stay unread bytes until the inputs' names,
 # datatypes and shapes passed the model's checks (60 MiB of BYTES elements take a parser a second).
 SKIMMED_INFER_REQUEST = skimmed(pb.ModelInferRequest, {"inference.ModelInferRequest.InferInputTensor": ["contents"]})
@@ -173,36 +175,75 @@ class V2GRPC(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelInfer(self, request, context):
-        sampled = self.tracer.sample(request.model_name, _metadata(context))
+        model = find_model(self.dataplane, request.model_name, request.model_version)
+        if self.dataplane.is_decoupled(model):  # as Triton: before the request is made or traced
+            raise ServerError(DECOUPLED_REFUSED, Code.UNSUPPORTED)
+        sampled = self._sample(request, context)
         if sampled is None:
             return await self._infer(request)
-        # The handler runs once the message is read: its wait for it is not seen here.
-        sampled.stamp("GRPC_WAITREAD_START")
-        sampled.stamp("GRPC_WAITREAD_END")
+        response = await self._traced(sampled, self._infer(request))
+        context.add_done_callback(lambda _: self.tracer.finish_later(sampled, "GRPC_SEND_END"))
+        return response
+
+    def _sample(self, request: pb.ModelInferRequest, context) -> trace.Trace | None:
+        """A trace for this request when the settings sample it, its read stamped."""
+        sampled = self.tracer.sample(request.model_name, _metadata(context))
+        if sampled is not None:
+            # The handler runs once the message is read: its wait for it is not seen here.
+            sampled.stamp("GRPC_WAITREAD_START")
+            sampled.stamp("GRPC_WAITREAD_END")
+        return sampled
+
+    async def _traced(self, sampled: trace.Trace, answer):
+        """Await `answer` with `sampled` as the current trace, then render its tensors (off the
+        loop when large) and stamp GRPC_SEND_START; on failure the trace is written as it is."""
         token = trace.CURRENT.set(sampled)
         try:
-            response = await self._infer(request)
+            response = await answer
+            await self.tracer.render(sampled)
         except BaseException:
-            self.tracer.finish(sampled)
+            self.tracer.finish_later(sampled)
             raise
         finally:
             trace.CURRENT.reset(token)
         sampled.stamp("GRPC_SEND_START")
-        context.add_done_callback(lambda _: self.tracer.finish_later(sampled, "GRPC_SEND_END"))
         return response
 
-    async def _stream_decoupled(self, request: pb.ModelInferRequest, answers: asyncio.Queue) -> bool:
+    async def _stream_decoupled(self, request: pb.ModelInferRequest, answers: asyncio.Queue,
+                                context=None, traced: dict | None = None) -> bool:
         """A decoupled model's request: each of its responses (or error responses) onto the
-        stream as it comes; False for other models."""
+        stream as it comes; False for other models. A sampled request's trace ends once its
+        last response is written (`traced`: a message of the stream -> its trace, and whether
+        the trace ends once that message is written)."""
         model = find_model(self.dataplane, request.model_name, request.model_version)
         if not self.dataplane.is_decoupled(model):
             return False
-        core_request = await decode_infer_request(model, request, self.max_bytes_elements, self.shm)
-        async for response in self.dataplane.stream(model, core_request):
-            if isinstance(response, ServerError):
-                answers.put_nowait(_stream_error(request, response.message))
-            else:
-                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=encode_infer_response(response)))
+        sampled = self._sample(request, context) if traced is not None else None
+        last = None
+        try:
+            core_request = await decode_infer_request(model, request, self.max_bytes_elements, self.shm)
+            core_request.trace = sampled
+            async for response in self.dataplane.stream(model, core_request):
+                if isinstance(response, ServerError):
+                    last = _stream_error(request, response.message)
+                else:
+                    last = pb.ModelStreamInferResponse(infer_response=encode_infer_response(response))
+                if sampled is not None:
+                    if sampled.first("INFER_RESPONSE_COMPLETE") is None:  # Triton: at the first response
+                        sampled.stamp("INFER_RESPONSE_COMPLETE")
+                    await self.tracer.render(sampled)
+                    sampled.stamp("GRPC_SEND_START")
+                    traced[id(last)] = (sampled, False)
+                answers.put_nowait(last)
+        except BaseException:
+            if sampled is not None:
+                self.tracer.finish_later(sampled)
+            raise
+        if sampled is not None:
+            if last is not None and id(last) in traced:  # not written yet: the trace ends with it
+                traced[id(last)] = (sampled, True)
+            else:  # written already, or no response at all (only the final flag)
+                self.tracer.finish_later(sampled)
         return True
 
     async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:
@@ -210,12 +251,22 @@ class V2GRPC(service_pb2_grpc.GRPCInferenceServiceServicer):
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         running: set[asyncio.Task] = set()
         order = asyncio.Lock()
+        # id of an answer -> (its trace, whether the trace ends once the answer is written)
+        traced: dict[int, tuple[trace.Trace, bool]] = {}
 
         async def answer(request: pb.ModelInferRequest) -> None:
             try:
-                if await self._stream_decoupled(request, answers):
+                if await self._stream_decoupled(request, answers, context, traced):
                     return
-                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=await self._infer(request, order)))
+                sampled = self._sample(request, context)  # each request of the stream, as ModelInfer
+                if sampled is None:
+                    response = await self._infer(request, order)
+                else:
+                    response = await self._traced(sampled, self._infer(request, order))
+                message = pb.ModelStreamInferResponse(infer_response=response)
+                if sampled is not None:
+                    traced[id(message)] = (sampled, True)
+                answers.put_nowait(message)
             except ServerError as e:
                 answers.put_nowait(_stream_error(request, e.message))
             except Exception:
@@ -240,11 +291,20 @@ class V2GRPC(service_pb2_grpc.GRPCInferenceServiceServicer):
                 if item is None:
                     break
                 yield item
+                sampled, ends = traced.pop(id(item), (None, False))
+                if sampled is not None:
+                    sampled.stamp("GRPC_SEND_END")
+                    if ends:
+                        self.tracer.finish_later(sampled)
             await reader  # re-raises a failed read
         finally:
             reader.cancel()
             for task in list(running):
                 task.cancel()
+            for sampled, ends in traced.values():  # answers never written: the traces end as they are
+                if ends:
+                    self.tracer.finish_later(sampled)
+            traced.clear()
 
 
 def _metadata(context) -> dict[str, str]:
@@ -347,7 +407,9 @@ async def decode_infer_request(
     counts = {name: element_count(name, datatype, shape) for name, (datatype, shape) in headers.items()}
     check_bytes_elements(sum(counts[name] for name, (datatype, _) in headers.items() if datatype == "BYTES"), max_bytes_elements)
     if raw:
-        size = sum(count * datatypes.ELEMENT_SIZE.get(headers[name][0], 4) for name, count in counts.items())
+        # fixed-size raw contents become views of the message's bytes (no work, no thread hop)
+        size = sum(tensors.read_cost(headers[name][0], count * datatypes.ELEMENT_SIZE.get(headers[name][0], 4))
+                   for name, count in counts.items())
         inputs = await offload.run(size, _read_inputs, request, headers, views)
     elif len(views) == len(headers):  # every input in shared memory
         size = sum(len(v) for v in views.values())

@@ -18,6 +18,7 @@ from triserve.protocols.kserve.contents import from_contents
 from triserve.protocols.transport import offload
 from triserve.protocols.transport.grpc import skimmed
 from triserve.protocols.transport.processes import Expected, Predecoded, WithPredecoded
+from triserve.protocols.transport.spans import Span
 
 
 def json_inputs_for(model: Model) -> Callable[[dict[str, Any]], None]:
@@ -36,9 +37,17 @@ def json_inputs(document: dict[str, Any], expected: Expected) -> None:
         if isinstance(item, dict) and "data" in item:
             name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
             if expected.worth_reading(name, datatype, shape):
-                item["data"] = Predecoded.of(None, tensors.from_json, name, datatype, shape, item["data"])
+                item["data"] = Predecoded.of(None, _from_json, name, datatype, shape, item["data"])
             else:
-                item["data"] = Predecoded.skipped(None)
+                item["data"] = Predecoded.skipped(None)  # a Span stays unparsed
+
+
+json_inputs.takes_spans = True  # type: ignore[attr-defined]  # large data may come unparsed (transport/spans.py)
+
+
+def _from_json(name: str, datatype: str, shape: list[int], data: object) -> np.ndarray:
+    """tensors.from_json, parsing `data` first when it came as a Span (its bytes)."""
+    return tensors.from_json(name, datatype, shape, data.load() if isinstance(data, Span) else data)
 
 
 async def typed_contents(

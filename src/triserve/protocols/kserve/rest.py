@@ -49,6 +49,8 @@ HTTP_STATUS = {
     Code.ALREADY_EXISTS: 400,
 }
 HEADER_LENGTH = "inference-header-content-length"
+# Triton's HTTPAPIServer::CheckTransactionPolicy (server src/http_server.cc): UNSUPPORTED, 501.
+DECOUPLED_REFUSED = "HTTP end point doesn't support models with decoupled transaction policy"
 
 
 def error_response(message: str, status: int) -> Response:
@@ -147,6 +149,10 @@ class V2HTTP:
     # -- inference --------------------------------------------------------------------
     async def traced_infer(self, request: Request) -> Response:
         """infer(), timed when the trace settings sample this request."""
+        # As Triton's HandleInfer: the model and its transaction policy are checked before a
+        # trace starts (a decoupled model answers only ModelStreamInfer).
+        if self.dataplane.is_decoupled(self._model(request)):
+            raise ServerError(DECOUPLED_REFUSED, Code.UNSUPPORTED)
         sampled = self.tracer.sample(request.path_params["model"], request.headers)
         if sampled is None:
             return await self.infer(request)
@@ -154,8 +160,9 @@ class V2HTTP:
         token = trace.CURRENT.set(sampled)
         try:
             response = await self.infer(request)
+            await self.tracer.render(sampled)  # its tensors (TENSORS level), off the loop when large
         except BaseException:
-            self.tracer.finish(sampled)
+            self.tracer.finish_later(sampled)
             raise
         finally:
             trace.CURRENT.reset(token)
@@ -165,7 +172,7 @@ class V2HTTP:
 
     async def infer(self, request: Request) -> Response:
         self._model(request)  # as Triton: an unknown model or version is answered before the body is read
-        body = await read_body(request, self.max_input_size)
+        body = await read_body(request, self.max_input_size, buffer=True)
         trace.stamp_current("HTTP_RECV_END")
         body = await inflate(body, request.headers.get("content-encoding"), self.max_input_size)
         header, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
@@ -181,7 +188,8 @@ class V2HTTP:
         if targets:  # outputs the client asked for in its shared memory regions
             size = shared_memory.output_bytes(response.outputs, targets)
             await offload.run(size, shared_memory.write_outputs, response.outputs, targets, tensors.to_bytes)
-        content, json_length = encode_infer_response(response, binary_outputs, targets)
+        size = sum(array.size for array in response.outputs.values())  # large outputs are encoded off the loop
+        content, json_length = await offload.run(size, encode_infer_response, response, binary_outputs, targets)
         headers = {}
         if json_length is not None:
             headers["Inference-Header-Content-Length"] = str(json_length)
@@ -190,7 +198,7 @@ class V2HTTP:
             media_type = "application/json"
         encoding = choose_encoding(request.headers.get("accept-encoding"))
         if encoding:
-            content = compress(content, encoding)
+            content = await offload.run(len(content), compress, content, encoding)
             headers["Content-Encoding"] = encoding
         return Response(content, 200, headers=headers, media_type=media_type)
 
@@ -358,7 +366,8 @@ async def decode_infer_request(
     request_id = data.get("id", "")
     request_id = str(request_id) if request_id is not None else ""
     model.check_inputs(headers, request_id)
-    work = sum(len(s) if isinstance(s, memoryview) else element_count(n, *headers[n]) for n, s in sources.items())
+    work = sum(tensors.read_cost(headers[n][0], len(s)) if isinstance(s, memoryview) else element_count(n, *headers[n])
+               for n, s in sources.items())  # binary fixed-size data is viewed, not read: no thread hop
     inputs = await offload.run(work, _read_inputs, headers, sources)
     params = _parameters(data, "request")
     default_binary = bool(params.get("binary_data_output", False))
@@ -432,7 +441,7 @@ def encode_infer_response(
         if name in in_shared_memory:
             pass
         elif binary_outputs.get(name, binary_outputs[""]):
-            blob = tensors.to_bytes(array)
+            blob = tensors.to_buffer(array)  # a view of the output: b"".join below is its one copy
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+import sys
 
 import numpy as np
 
@@ -77,6 +78,23 @@ def _deserialize_bytes(name: str, shape: list[int], count: int, data: bytes | me
     array = np.empty(count, dtype=np.object_)
     array[:] = items
     return array.reshape(shape)
+
+
+def read_cost(datatype: str, nbytes: int) -> int:
+    """How much work reading `nbytes` of binary tensor data is (offload.run's size): a
+    fixed-size datatype becomes a view of the bytes (from_bytes copies nothing), so it costs
+    nothing and needs no thread hop; BYTES elements are split one by one."""
+    return nbytes if datatype == "BYTES" else 0
+
+
+def to_buffer(array: np.ndarray) -> bytes | memoryview:
+    """to_bytes without the copy where it can: a little-endian C-contiguous array of a
+    fixed-size type is answered as a byte view of its own memory (for `b"".join` or a write)."""
+    little = array.dtype.byteorder == "<" or array.dtype.byteorder == "|" or (
+        array.dtype.byteorder == "=" and sys.byteorder == "little")
+    if array.dtype != np.object_ and array.flags.c_contiguous and little:
+        return memoryview(array.reshape(-1).view(np.uint8))
+    return to_bytes(array)
 
 
 def to_bytes(array: np.ndarray) -> bytes:

@@ -11,8 +11,25 @@ for the others; a null value (HTTP) or an empty value list (gRPC) clears a field
 cannot be changed over the network. Differences: with `log_frequency` 0 each trace is appended
 to the file as it completes and the file is a complete JSON array after every trace (Triton
 keeps them in memory until it exits); with `log_frequency` N, every N traces go to
-`<trace_file>.<index>` as Triton does. The TENSORS level is refused (not implemented). With
-`--trace-config mode=opentelemetry` traces become OpenTelemetry spans instead (see otel.py).
+`<trace_file>.<index>` as Triton does. With `--trace-config mode=opentelemetry` traces become
+OpenTelemetry spans instead (see otel.py).
+
+The TENSORS level (alone or with TIMESTAMPS) adds Triton's tensor activity records, as Triton's
+`TraceManager::TraceTensorActivity` (server src/tracer.cc) writes them:
+
+    {"id":1,"activity":"TENSOR_QUEUE_INPUT","tensor":{"name":"INPUT0","data":"0,1,2","shape":"1,3","dtype":"INT32"}}
+
+for each input when the request is queued and TENSOR_BACKEND_OUTPUT for each output of a
+response (Triton's core never reports TENSOR_BACKEND_INPUT). "data" is rendered as tracer.cc
+streams it: integers in decimal, BOOL as 1/0, FP32/FP64 as C++'s `ostream <<` (printf %g), INT8
+and UINT8 as characters (tracer.cc streams them as `char`), BYTES elements as `"..."`, FP16 and
+BF16 empty; elements joined by ",", the shape as "1,3". Where tracer.cc would write bytes that are
+not valid JSON (control characters, quotes, bytes that are not UTF-8), they are JSON-escaped
+(non-UTF-8 bytes as the Latin-1 character of the same value), so that the file always parses.
+Without TIMESTAMPS a trace has no model object and no timestamps, as in Triton. Rendering grows
+with the tensors, so a front end renders a trace's tensors on a worker thread (`render`) before
+it answers (the tensors may be a client's shared memory, which it rewrites after the answer).
+The opentelemetry mode does not trace tensors (Triton logs that it does not support them).
 """
 
 from __future__ import annotations
@@ -21,6 +38,7 @@ import atexit
 import contextvars
 import itertools
 import logging
+import math
 import os
 import threading
 import weakref
@@ -28,10 +46,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
+import numpy as np
 import orjson
 
-from triserve.core.trace import Trace
+from triserve.core.trace import TensorRecord, Trace
 from triserve.protocols.kserve import otel
+from triserve.protocols.transport import offload
 from triserve.errors import Code, ServerError, invalid
 
 log = logging.getLogger("triserve")
@@ -45,7 +65,7 @@ FIELDS = ("trace_level", "trace_rate", "trace_count", "log_frequency")
 
 @dataclass(frozen=True)
 class TraceValues:
-    level: tuple[str, ...] = ("OFF",)  # ("OFF",) or ("TIMESTAMPS",)
+    level: tuple[str, ...] = ("OFF",)  # ("OFF",), or TIMESTAMPS and/or TENSORS in that order
     rate: int = 1000
     count: int = -1  # traces still to collect; -1: no limit
     log_frequency: int = 0
@@ -56,6 +76,14 @@ class TraceValues:
     @property
     def enabled(self) -> bool:
         return self.level != ("OFF",)
+
+    @property
+    def timestamps(self) -> bool:
+        return "TIMESTAMPS" in self.level
+
+    @property
+    def tensors(self) -> bool:
+        return "TENSORS" in self.level
 
     def invalid_reason(self) -> str | None:
         if not self.enabled:
@@ -89,7 +117,8 @@ def parse_config(entries: Iterable[str]) -> TraceValues:
     """`--trace-config` entries, Triton's syntax: `[triton,]SETTING=VALUE` (level, rate, count,
     mode; triton: file, log-frequency). Raises ValueError with the reason."""
     values = TraceValues()
-    levels: list[str] = []
+    levels: set[str] = set()
+    disabled = False  # `level=OFF` anywhere disables tracing (Triton's explicit_disable_trace)
     for entry in entries:
         mode, _, setting = entry.rpartition(",")
         key, sep, value = setting.partition("=")
@@ -109,13 +138,14 @@ def parse_config(entries: Iterable[str]) -> TraceValues:
             if value == "opentelemetry":
                 otel.check_available()
             values = replace(values, mode=value)
-        elif key == "level":
-            level = value.upper()
-            if level == "TENSORS":
-                raise ValueError("trace level TENSORS is not supported by triserve (only TIMESTAMPS or OFF)")
-            if level not in ("OFF", "TIMESTAMPS"):
-                raise ValueError(f"unknown trace level {value!r}: expected OFF or TIMESTAMPS")
-            levels = [] if level == "OFF" else [level]
+        elif key == "level":  # may be given more than once: the levels add up (Triton's parser)
+            level = _LEVEL_WORDS.get(value.lower())
+            if level is None:
+                raise ValueError(f"invalid value for trace level option: {value}")
+            if level == "OFF":
+                disabled = True
+            else:
+                levels.add(level)
         elif key == "rate":
             values = replace(values, rate=_number(key, value, 0, UINT32_MAX))
         elif key == "count":
@@ -126,13 +156,23 @@ def parse_config(entries: Iterable[str]) -> TraceValues:
             values = replace(values, file=value)
         else:
             raise ValueError(f"unknown trace setting {key!r} in {entry!r}")
-    if levels:
-        values = replace(values, level=tuple(levels))
+    if levels and not disabled:
+        values = replace(values, level=_ordered(levels))
     if values.otel and values.mode != "opentelemetry":
         raise ValueError("opentelemetry settings need --trace-config mode=opentelemetry")
     if values.enabled and values.invalid_reason():
         raise ValueError(f"invalid trace setting: {values.invalid_reason()}")
     return values
+
+
+# Triton's TritonParser::ParseTraceLevelOption (server src/command_line_parser.cc).
+_LEVEL_WORDS = {"false": "OFF", "off": "OFF", "true": "TIMESTAMPS", "on": "TIMESTAMPS", "min": "TIMESTAMPS",
+                "max": "TIMESTAMPS", "timestamps": "TIMESTAMPS", "tensors": "TENSORS"}
+
+
+def _ordered(levels: Iterable[str]) -> tuple[str, ...]:
+    """The levels in the order Triton lists them (TIMESTAMPS, then TENSORS)."""
+    return tuple(level for level in ("TIMESTAMPS", "TENSORS") if level in levels)
 
 
 def _number(key: str, value: str, low: int, high: int) -> int:
@@ -177,11 +217,12 @@ def _level(value: Any) -> tuple[str, ...]:
         if len(levels) != 1:
             raise invalid("Expect only one trace level 'OFF' is specified")
         return ("OFF",)
-    if "TENSORS" in levels:
-        raise invalid("trace level 'TENSORS' is not supported by triserve: use 'TIMESTAMPS' or 'OFF'")
-    if "TIMESTAMPS" in levels:
-        return ("TIMESTAMPS",)
-    raise invalid(f"Unable to parse 'trace_level': expected 'OFF' or 'TIMESTAMPS', got {levels[:4]!r}"[:300])
+    # As Triton's HTTP and gRPC handlers: the known levels add up, other words are passed over
+    # (a list of none of them is refused here, where Triton would leave the level as it was).
+    known = _ordered(levels)
+    if known:
+        return known
+    raise invalid(f"Unable to parse 'trace_level': expected 'OFF', 'TIMESTAMPS' or 'TENSORS', got {levels[:4]!r}"[:300])
 
 
 def _setting_number(key: str, value: Any) -> int:
@@ -217,17 +258,16 @@ class TraceFile:
     def append(self, objects: list[bytes]) -> None:
         if not objects:
             return
-        body = b",".join(objects)
         with self._lock:
             try:
                 if not self._started:
                     with open(self.path, "wb") as f:
-                        f.write(b"[" + body + b"]")
+                        _write_array(f, b"[", objects)
                     self._started = True
                 else:
                     with open(self.path, "r+b") as f:
                         f.seek(-1, os.SEEK_END)  # over the closing bracket
-                        f.write(b"," + body + b"]")
+                        _write_array(f, b",", objects)
             except OSError as e:
                 log.error("failed writing trace file %s: %s", self.path, e.strerror)
 
@@ -237,9 +277,19 @@ class TraceFile:
         path = f"{self.path}.{next(self._index)}"
         try:
             with open(path, "wb") as f:
-                f.write(b"[" + b",".join(objects) + b"]")
+                _write_array(f, b"[", objects)
         except OSError as e:
             log.error("failed writing trace file %s: %s", path, e.strerror)
+
+
+def _write_array(f: Any, opening: bytes, objects: list[bytes]) -> None:
+    """`opening`, the objects comma-separated, "]": one write each (a tensor's object may be large)."""
+    f.write(opening)
+    for i, item in enumerate(objects):
+        if i:
+            f.write(b",")
+        f.write(item)
+    f.write(b"]")
 
 
 @dataclass(eq=False)
@@ -273,6 +323,7 @@ class Tracer:
         self._files: dict[str, TraceFile] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self._said_no_otel_tensors = False
 
     # -- settings -----------------------------------------------------------------------------
     def settings(self, model: str = "") -> dict[str, Any]:
@@ -342,7 +393,11 @@ class Tracer:
                     return None
                 if scope.remaining > 0:
                     scope.remaining -= 1
-            return Trace(next(self._ids), model_name=model, sink=_Sink(scope, parent))
+            tensors = values.tensors and values.mode == "triton"
+            if values.tensors and not tensors and not self._said_no_otel_tensors:
+                self._said_no_otel_tensors = True  # Triton logs this for each tensor
+                log.error("Tensor level tracing is not supported by the mode: %s", values.mode)
+            return Trace(next(self._ids), model_name=model, sink=_Sink(scope, parent), tensors=tensors)
 
     def finish(self, trace: Trace | None, last: str | None = None) -> None:
         """The request is answered: stamp `last` and write the trace where its setting says."""
@@ -355,7 +410,7 @@ class Tracer:
             self._otel.export(trace, sink.parent)
             return
         scope = sink.scope
-        objects = trace_json(trace)
+        objects = trace_json(trace, scope.values.timestamps)
         file = self._file(scope.values.file)
         if scope.values.log_frequency == 0:
             file.append(objects)
@@ -367,11 +422,21 @@ class Tracer:
             batch, scope.buffered = scope.buffered, []
         file.write_indexed(batch)
 
-    def finish_later(self, trace: Trace, last: str) -> None:
+    def finish_later(self, trace: Trace, last: str | None = None) -> None:
         """finish(), with `last` stamped now and the file written on the trace writer's thread
         (for callers on the event loop)."""
-        trace.stamp(last)
+        if last:
+            trace.stamp(last)
         WRITER.submit(self.finish, trace)
+
+    async def render(self, trace: Trace) -> None:
+        """Render the trace's tensor records now (on a worker thread once they are large), before
+        the front end answers: the tensors may be a client's shared memory, which the client
+        may rewrite once answered."""
+        pending = [r for r in trace.tensor_records if r.rendered is None]
+        if pending:
+            elements = sum(int(getattr(r.array, "size", 1)) for r in pending)
+            await offload.run(elements * RENDER_COST, render_records, trace.id, pending)
 
     def _file(self, path: str) -> TraceFile:
         with self._lock:
@@ -413,19 +478,104 @@ def _check_valid(values: TraceValues) -> None:
         raise invalid(f"Attempting to set invalid trace setting :{reason}")
 
 
-def trace_json(trace: Trace) -> list[bytes]:
-    """Triton's objects for one trace: its model, then one object per timestamp in time order."""
-    head: dict[str, Any] = {"id": trace.id, "model_name": trace.model_name}
-    try:
-        head["model_version"] = int(trace.model_version)
-    except ValueError:
-        head["model_version"] = -1
-    if trace.request_id:
-        head["request_id"] = trace.request_id
-    objects = [orjson.dumps(head)]
-    for name, ns in sorted(trace.timestamps, key=lambda stamp: stamp[1]):
-        objects.append(orjson.dumps({"id": trace.id, "timestamps": [{"name": name, "ns": ns}]}))
+def trace_json(trace: Trace, timestamps: bool = True) -> list[bytes]:
+    """Triton's objects for one trace: its model, then one object per timestamp and tensor
+    activity in time order (without `timestamps`, the TENSORS level alone: only the tensors)."""
+    objects = []
+    events: list[tuple[int, int, Any]] = []
+    if timestamps:
+        head: dict[str, Any] = {"id": trace.id, "model_name": trace.model_name}
+        try:
+            head["model_version"] = int(trace.model_version)
+        except ValueError:
+            head["model_version"] = -1
+        if trace.request_id:
+            head["request_id"] = trace.request_id
+        objects.append(orjson.dumps(head))
+        events += [(ns, 0, name) for name, ns in trace.timestamps]
+    # At one instant the queued inputs follow QUEUE_START, and outputs come before what follows them.
+    events += [(r.ns, 1 if r.activity == "TENSOR_QUEUE_INPUT" else -1, r) for r in trace.tensor_records]
+    render_records(trace.id, [r for r in trace.tensor_records if r.rendered is None])
+    for ns, _, event in sorted(events, key=lambda e: (e[0], e[1])):
+        if isinstance(event, TensorRecord):
+            objects.append(event.rendered)
+        else:
+            objects.append(orjson.dumps({"id": trace.id, "timestamps": [{"name": event, "ns": ns}]}))
     return objects
+
+
+# -- tensor records: what Triton's TraceManager::TraceTensorActivity writes (server src/tracer.cc) ------
+_CHUNK = 1 << 16  # elements turned into text at a time (bounds the temporary Python objects)
+# An element's text costs about what offload.run's threshold counts for 64 bytes of other work:
+# up to 1024 elements are rendered at once, more on a worker thread.
+RENDER_COST = 64
+_INTEGERS = frozenset({"UINT16", "UINT32", "UINT64", "INT16", "INT32", "INT64"})
+_CHARACTERS = frozenset({"UINT8", "INT8"})  # tracer.cc streams uint8_t/int8_t, which ostream writes as a char
+
+
+def render_records(trace_id: int, records: Iterable[TensorRecord]) -> None:
+    """Turn each record into its JSON object (and drop the reference to its tensor)."""
+    for record in records:
+        array = np.asarray(record.array)
+        try:
+            data = tensor_data(record.datatype, array)
+        except Exception:  # never fails the request it traces (Triton logs and leaves the record)
+            log.exception("failed rendering tensor '%s' of trace %d", record.name, trace_id)
+            data = ""
+        tensor = {"name": record.name, "data": data, "shape": ",".join(str(d) for d in array.shape),
+                  "dtype": record.datatype}
+        try:
+            record.rendered = orjson.dumps({"id": trace_id, "activity": record.activity, "tensor": tensor})
+        except orjson.JSONEncodeError:  # text with lone surrogates: written as escapes
+            tensor = {k: v.encode("utf-8", "backslashreplace").decode() for k, v in tensor.items()}
+            record.rendered = orjson.dumps({"id": trace_id, "activity": record.activity, "tensor": tensor})
+        record.array = None
+
+
+def tensor_data(datatype: str, array: np.ndarray) -> str:
+    """A tensor's "data" as tracer.cc renders it, elements joined by ","."""
+    flat = array.reshape(-1)
+    if datatype in ("FP16", "BF16"):
+        return ""  # tracer.cc: "already handled as binary blobs", nothing written
+    if datatype in _CHARACTERS:
+        text = np.ascontiguousarray(flat).view(np.uint8).tobytes().decode("latin-1")
+        return ",".join(text)
+    if datatype == "BOOL":
+        convert = _bool_text
+    elif datatype in _INTEGERS:
+        convert = str
+    elif datatype in ("FP32", "FP64"):
+        convert = _float_text
+    elif datatype == "BYTES":
+        convert = _bytes_text
+    else:
+        return ""
+    pieces = []
+    for start in range(0, flat.size, _CHUNK):
+        pieces.append(",".join(map(convert, flat[start : start + _CHUNK].tolist())))
+    return ",".join(pieces)
+
+
+def _bool_text(value: Any) -> str:
+    return "1" if value else "0"  # a bool streamed without std::boolalpha
+
+
+def _float_text(value: float) -> str:
+    """C++ `ostream << float|double` with the default precision: printf's %g (glibc: "-nan")."""
+    if value != value:
+        return "-nan" if math.copysign(1.0, value) < 0 else "nan"
+    return "%g" % value
+
+
+def _bytes_text(value: Any) -> str:
+    """One BYTES element: tracer.cc writes it between escaped quotes, `\"...\"`, as it is."""
+    if isinstance(value, str):
+        return f'"{value}"'
+    raw = bytes(value)
+    try:
+        return f'"{raw.decode("utf-8")}"'
+    except UnicodeDecodeError:
+        return f'"{raw.decode("latin-1")}"'
 
 
 # -- one tracer per data plane ---------------------------------------------------------------------

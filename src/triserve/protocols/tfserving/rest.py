@@ -2,7 +2,9 @@
 columnar), :classify and :regress, and Prometheus metrics at /monitoring/prometheus/metrics.
 
 Paths are matched as TF Serving matches them (http_rest_api_handler.cc): case-insensitive
-regular expressions over the raw path, names and labels URL-decoded afterwards.
+regular expressions over the raw path, names and labels URL-decoded afterwards. The route table
+(`TFServingREST.routes`: one `TFRoute` per path shape) is what dispatch() matches with, and what
+the console's OpenAPI document of this API is generated from.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from triserve import datatypes
@@ -51,6 +54,30 @@ _VERSION_OR_LABEL = r"(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
 POST_PATH = re.compile(r"/v1/models/([^/:]+)" + _VERSION_OR_LABEL + r":(classify|regress|predict)", re.IGNORECASE)
 GET_PATH = re.compile(r"/v1/models(?:/([^/:]+))?" + _VERSION_OR_LABEL + r"(?:/(metadata))?", re.IGNORECASE)
 METRICS_PATH = "/monitoring/prometheus/metrics"
+# A route template's parameters as TF Serving's expressions match them.
+_PARAMETER = re.compile(r"\{(name|label|version:int)\}")
+_PARAMETER_PATTERN = {"name": r"([^/:]+)", "label": r"([^/:]+)", "version:int": r"(\d+)"}
+
+
+class TFRoute(Route):
+    """One path shape of TF Serving's REST API: a Starlette route (its template, methods and
+    typed parameters document it) matched as TF Serving matches, by a case-insensitive regular
+    expression over the raw path, its name and label URL-decoded afterwards."""
+
+    def __init__(self, path: str, endpoint: Any, method: str, *, ignore_case: bool = True) -> None:
+        super().__init__(path, endpoint, methods=[method])
+        self.method = method
+        self.names = [p.partition(":")[0] for p in _PARAMETER.findall(path)]
+        pattern = "".join(
+            _PARAMETER_PATTERN[part] if i % 2 else re.escape(part) for i, part in enumerate(_PARAMETER.split(path))
+        )
+        self.pattern = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
+
+    def parameters(self, method: str, raw_path: str) -> dict[str, Any] | None:
+        """The path's parameters if this route answers it (None otherwise)."""
+        if method != self.method or not (match := self.pattern.fullmatch(raw_path)):
+            return None
+        return {n: int(v) if n == "version" else unquote(v) for n, v in zip(self.names, match.groups())}
 
 
 def json_response(data: Any, status: int = 200) -> Response:
@@ -75,31 +102,69 @@ class TFServingREST:
         self.servables = Servables(dataplane)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(TFServingCollector(dataplane))
+        self.routes = [TFRoute(METRICS_PATH, self.prometheus_metrics, "GET", ignore_case=False)]
+        for suffix in ("", "/versions/{version:int}", "/labels/{label}"):
+            model = "/v1/models/{name}" + suffix
+            self.routes += [
+                TFRoute(model, self.model_status, "GET"),
+                TFRoute(model + "/metadata", self.model_metadata, "GET"),
+                TFRoute(model + ":predict", self.predict_route, "POST"),
+                TFRoute(model + ":classify", self.classify_route, "POST"),
+                TFRoute(model + ":regress", self.regress_route, "POST"),
+            ]
 
     async def dispatch(self, request: Request) -> Response:
         path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1").partition("?")[0]
         method = request.method
         try:
-            if path == METRICS_PATH and method == "GET":
-                return Response(exposition(self.registry, []), media_type=CONTENT_TYPE)
+            for route in self.routes:
+                if (parameters := route.parameters(method, path)) is not None:
+                    return await route.endpoint(request, **parameters)
             if not path.lower().startswith("/v1/"):
                 return error_response(f"Not found: {method} {path}", 404)
-            if method == "POST" and (m := POST_PATH.fullmatch(path)):
-                name, version, label, verb = m.groups()
-                return await self.post(request, unquote(name), _int(version), _label(label), verb.lower())
-            if method == "GET" and (m := GET_PATH.fullmatch(path)):
-                name, version, label, metadata = m.groups()
-                if name is None:
-                    raise invalid("Missing model name in request.")
-                if metadata:
-                    return self.metadata(unquote(name), _int(version), _label(label))
-                return json_response(_proto_json(self.servables.status(unquote(name), _int(version), _label(label))))
+            if method == "GET" and (m := GET_PATH.fullmatch(path)) and m.group(1) is None:
+                raise invalid("Missing model name in request.")
             raise invalid(f"Malformed request: {method} {path}")
         except ServerError as e:
             return error_response(e.message, HTTP_STATUS[tf_code(e)])
         except Exception as e:  # never a stack trace or a hung connection
             log.exception("unexpected error on %s %s", method, path)
             return error_response("internal error: the server log has the details", 500)  # no reprs or paths
+
+    async def prometheus_metrics(self, request: Request) -> Response:
+        """TF Serving's metrics in Prometheus's text format."""
+        return Response(exposition(self.registry, []), media_type=CONTENT_TYPE)
+
+    async def model_status(self, request: Request, name: str, version: int | None = None,
+                           label: str | None = None) -> Response:
+        """The model's status: each version's state and error (GetModelStatus)."""
+        return json_response(_proto_json(self.servables.status(name, version, label)))
+
+    async def model_metadata(self, request: Request, name: str, version: int | None = None,
+                             label: str | None = None) -> Response:
+        """The model's metadata: its model spec and every signature (GetModelMetadata)."""
+        return self.metadata(name, version, label)
+
+    async def predict_route(self, request: Request, name: str, version: int | None = None,
+                            label: str | None = None) -> Response:
+        """Predict: `instances` (row format) or `inputs` (columnar format) through a signature.
+
+        Row requests answer `predictions`, columnar ones `outputs`."""
+        return await self.post(request, name, version, label, "predict")
+
+    async def classify_route(self, request: Request, name: str, version: int | None = None,
+                             label: str | None = None) -> Response:
+        """Classify `examples` (tf.Example features, `context` shared) through a classify signature.
+
+        Answers `results`: for each example, its [label, score] pairs."""
+        return await self.post(request, name, version, label, "classify")
+
+    async def regress_route(self, request: Request, name: str, version: int | None = None,
+                            label: str | None = None) -> Response:
+        """Regress `examples` (tf.Example features, `context` shared) through a regress signature.
+
+        Answers `results`: one value for each example."""
+        return await self.post(request, name, version, label, "regress")
 
     def metadata(self, name: str, version: int | None, label: str | None) -> Response:
         model = self.servables.model(name, version, label)
@@ -108,7 +173,7 @@ class TFServingREST:
         return json_response({"model_spec": spec, "metadata": {"signature_def": _proto_json(signature_def_map(model))}})
 
     async def post(self, request: Request, name: str, version: int | None, label: str | None, verb: str) -> Response:
-        body = await read_body(request, self.max_input_size)
+        body = await read_body(request, self.max_input_size, buffer=True)
         body = await inflate(body, request.headers.get("content-encoding"), self.max_input_size)
         reads = predecode.json_inputs_for(self.servables, name, version, label) if verb == "predict" else None
         data = await parse_with(tfjson.parse, body, reads)
@@ -169,23 +234,23 @@ class TFServingREST:
         return json_response({"results": results})
 
     def app(self) -> ASGIApp:
-        """Every path and method goes to dispatch(), which matches paths as TF Serving does
-        (a router would answer paths it cannot match, such as ones with newlines, itself)."""
-
-        async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] == "http":
-                response = await self.dispatch(Request(scope, receive))
-                await response(scope, receive, send)
-
-        return app
+        """Every path and method goes to dispatch(), which matches the route table as TF Serving
+        matches paths (Starlette's router would answer paths it cannot match, such as ones with
+        newlines, itself). The app's `routes` are that table, for the OpenAPI document."""
+        return _App(self)
 
 
-def _int(version: str | None) -> int | None:
-    return None if version is None else int(version)
+class _App:
+    """The ASGI app of a TFServingREST: requests to its dispatch(), its route table as `routes`."""
 
+    def __init__(self, rest: TFServingREST) -> None:
+        self.rest = rest
+        self.routes = rest.routes
 
-def _label(label: str | None) -> str | None:
-    return None if label is None else unquote(label)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            response = await self.rest.dispatch(Request(scope, receive))
+            await response(scope, receive, send)
 
 
 class TFServingCollector(Collector):

@@ -271,6 +271,7 @@ class TorchServeManagement:
             if self.dataplane.is_registered(name):
                 self._registered_number(name, version)  # 404 for an unknown version
             else:
+                self.dataplane.status(name)  # 404 for an unknown model, before its workers are judged
                 self.dataplane.check_version(name, version)
             if minimum > MAX_INSTANCES:  # refused before anything stops (TorchServe would try to start them)
                 raise invalid(f"model '{name}' asks for {minimum} instances (workers); at most {MAX_INSTANCES} are allowed")

@@ -16,6 +16,7 @@ from triserve.errors import Code, ServerError, invalid
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # gzip and zlib streams
 _SLICE = 1 << 16  # compressed bytes fed to zlib at a time
 _HINT = "Use --http-max-input-size to increase the limit."
+BUFFER_FROM = 1 << 20  # bytes: read_body(buffer=True) writes a body over this into one preallocated buffer
 
 
 class BodyTooLarge(ServerError):
@@ -26,8 +27,13 @@ class BodyTooLarge(ServerError):
         self.limit = limit
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, at most `limit` bytes, or BodyTooLarge before reading more than that."""
+async def read_body(request: Request, limit: int, buffer: bool = False) -> bytes | bytearray:
+    """The whole body, at most `limit` bytes, or BodyTooLarge before reading more than that.
+    With `buffer`, a body whose Content-Length is over BUFFER_FROM bytes comes as a bytearray of
+    that length, each chunk copied into it as it arrives: no join of the whole body in one turn
+    of the event loop (64 MiB of chunks joined at once held the loop for 60-130 ms on a busy
+    machine). Callers that ask for it take any bytes-like body (parse_with hands a bytearray to
+    a worker process as it is)."""
     length = request.headers.get("content-length")
     # The HTTP parser already refused a Content-Length that is not a number, or one sent with
     # Transfer-Encoding (400), so this one is a plain decimal.
@@ -36,9 +42,16 @@ async def read_body(request: Request, limit: int) -> bytes:
             f"request size of {int(length)} bytes exceeds the maximum allowed input size of {limit} bytes. {_HINT}",
             limit,
         )
-    chunks, size = [], 0
+    expected = int(length) if buffer and length is not None and length.isdigit() else 0
+    into = bytearray(expected) if expected > BUFFER_FROM else None
+    chunks: list[bytes] = []
+    size = 0
     try:
         async for chunk in request.stream():
+            if into is not None and size + len(chunk) <= len(into):
+                into[size : size + len(chunk)] = chunk
+                size += len(chunk)
+                continue
             size += len(chunk)
             if size > limit:
                 raise BodyTooLarge(
@@ -46,9 +59,16 @@ async def read_body(request: Request, limit: int) -> bytes:
                     f" bytes. {_HINT}",
                     limit,
                 )
-            chunks.append(chunk)
+            if into is not None:  # more than its Content-Length said (the HTTP parser does not let that happen)
+                chunks, into = [bytes(into[: size - len(chunk)]), chunk], None
+            else:
+                chunks.append(chunk)
     except ClientDisconnect:  # nobody to answer: no error worth a stack trace in the log
         raise ServerError("client disconnected before the whole request body was received", Code.UNAVAILABLE) from None
+    if into is not None:
+        if size < len(into):
+            del into[size:]  # the stream ended short of its Content-Length
+        return into
     return b"".join(chunks)
 
 
