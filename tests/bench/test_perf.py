@@ -79,7 +79,7 @@ def test_a_failing_perf_analyzer_is_reported_with_its_own_message(tmp_path):
     assert "failed to create shared memory region" in str(e.value)
 
 
-def test_the_run_passes_the_model_protocol_memory_and_a_request_count(tmp_path):
+def test_the_run_passes_the_model_protocol_memory_and_time_windows(tmp_path):
     # A stand-in that records its arguments and writes the report perf_analyzer would.
     args = tmp_path / "args"
     fake = executable(tmp_path / "perf_analyzer", f"""#!/bin/sh
@@ -93,6 +93,7 @@ shift; done
     given = args.read_text().split("\n")
     for flag, value in (("-m", "efficientnet_lite0_onnx"), ("-i", "http"), ("-u", "127.0.0.1:8000"),
                         ("--concurrency-range", "8"), ("--shared-memory", "system"),
-                        ("--request-count", str(perf.MIN_REQUESTS))):  # at least MIN_REQUESTS
+                        ("--measurement-mode", "time_windows"), ("--max-trials", str(perf.WINDOWS)),
+                        ("--measurement-interval", str(round(5000 / perf.WINDOWS)))):  # 5 s in WINDOWS windows
         assert given[given.index(flag) + 1] == value, given
     assert os.path.basename(given[given.index("-f") + 1]) == "report.csv"

@@ -22,8 +22,11 @@ from triserve.bench.results import Result, progress
 # scripts/setup-perf-analyzer's wrapper, in the checkout this package runs from (src/triserve/bench/perf.py).
 CHECKOUT_PERF_ANALYZER = Path(__file__).resolve().parents[3] / ".perf-venv" / "bin" / "perf-analyzer"
 NAMES_ON_PATH = ("perf_analyzer", "perf-analyzer")
-# perf_analyzer is given a request count, not stability windows: a busy machine never "stabilizes".
-MIN_REQUESTS = 64  # 8 waves of concurrency 8: a wave cut short weighs less
+# Time windows, every one taken as stable (a busy machine never "stabilizes" within the default
+# 10%): perf_analyzer averages WINDOWS windows. Its request-count mode is no substitute: it
+# finishes on a whole second, so every figure came out as N requests / whole seconds.
+WINDOWS = 3
+MIN_WINDOW_MS = 500
 
 
 def find_perf_analyzer(given: str | None = None) -> Path:
@@ -59,13 +62,15 @@ def parse_csv(label: str, text: str) -> Result:
 
 
 def perf_analyzer(binary: Path, label: str, model: str, protocol: str, url: str, concurrency: int,
-                  requests: int, shared_memory: str = "none", timeout: float = 600) -> Result:
-    """`requests` inferences of `model` with random data at `concurrency` over `protocol` (http or
-    grpc), tensors in the body or through `shared_memory` ("system")."""
+                  seconds: float, shared_memory: str = "none", timeout: float = 600) -> Result:
+    """About `seconds` of inferences of `model` with random data at `concurrency` over `protocol`
+    (http or grpc), tensors in the body or through `shared_memory` ("system")."""
+    window_ms = max(MIN_WINDOW_MS, round(seconds * 1000 / WINDOWS))
     with tempfile.TemporaryDirectory(prefix="triserve-perf-") as tmp:
         report = Path(tmp) / "report.csv"
         command = [str(binary), "-m", model, "-i", protocol, "-u", url, "--concurrency-range", str(concurrency),
-                   "--request-count", str(max(MIN_REQUESTS, requests)), "--shared-memory", shared_memory,
+                   "--measurement-mode", "time_windows", "--measurement-interval", str(window_ms),
+                   "--stability-percentage", "1000", "--max-trials", str(WINDOWS), "--shared-memory", shared_memory,
                    "-f", str(report)]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)

@@ -386,19 +386,16 @@ def shm_section(b: Bench) -> Table:
     repo = link_repository(b.tmp / "shm", b.repo, [model.name])
     with b.server("shm", ["--model-repository", str(repo), "--allow-client-shm", "true"], ("http", "grpc")) as ports:
         sender = HTTPSender(ports["http"], v2_binary_request(model, ports["http"]))
-        bench_client: list[Result] = []  # its latest rate sizes perf_analyzer's request counts
 
         def ours(seconds: float) -> Result:
-            bench_client.append(served(ours_label, sender, SHM_CONCURRENCY, seconds))
-            return bench_client[-1]
+            return served(ours_label, sender, SHM_CONCURRENCY, seconds)
 
         def run_perf(protocol: str, memory: str, label: str) -> Callable[[float], Result]:
-            def measure(seconds: float) -> Result:  # a request count of about `seconds` at the bench client's rate
+            def measure(seconds: float) -> Result:
                 return perf_analyzer(binary, label, model.name, protocol, f"{HOST}:{ports[protocol]}", SHM_CONCURRENCY,
-                                     round(bench_client[-1].images_per_s * seconds), memory)
+                                     seconds, memory)
             return measure
 
-        # The bench client first: the first round starts with it, so perf_analyzer has a rate to go by.
         measures: dict[str, Callable[[float], Result]] = {
             ours_label: ours, raw_label: lambda seconds: progress(measure_raw(raw_label, calls, 1, seconds))}
         keys: dict[str, tuple[str, str]] = {}
