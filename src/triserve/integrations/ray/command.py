@@ -43,8 +43,9 @@ def add_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--multiplex", type=int, default=0, metavar="N",
                    help="each model replica holds at most N models, loaded on their first request, the least"
                         " recently used evicted (Serve's multiplexing; default 0: every replica serves every model)")
-    r.add_argument("--num-gpus", type=float, default=0.0,
-                   help="GPUs each model replica reserves, fractions allowed (0.5: two replicas per GPU; default 0)")
+    r.add_argument("--num-gpus", default="0",
+                   help="GPUs each model replica reserves, fractions allowed (0.5: two replicas per GPU), or 'auto':"
+                        " 0.5 of a GPU per KIND_GPU instance of the models the replica holds (default 0)")
     r.add_argument("--retries", type=int, default=3,
                    help="times the ingress sends inference again, to another replica, when the replica answering"
                         " dies (default 3; 0: never)")

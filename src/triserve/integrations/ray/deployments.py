@@ -426,10 +426,11 @@ def settings_from_args(args: dict[str, str]) -> Settings:
     keeps it beside a HeadOnly proxy), multiplex (N: each replica holds at most N models, loaded on
     demand, least recently used evicted; default off: every replica serves every model), and
     num_cpus=auto (each replica's CPUs from its models' instance_group, `cpu_per_instance` CPUs per
-    CPU instance, default 0.5: see integrations/ray/resources.py)."""
+    CPU instance, default 0.5) and num_gpus=auto (GPUs from the KIND_GPU instances,
+    `gpu_per_instance` of a GPU each, default 0.5): see integrations/ray/resources.py."""
     known = {"model_repository", "serve_args", "replicas", "autoscale", "num_cpus", "num_gpus",
              "max_ongoing_requests", "target_ongoing_requests", "retries", "max_replicas_per_node",
-             "autoscaling_config", "ingress_resources", "multiplex", "cpu_per_instance"}
+             "autoscaling_config", "ingress_resources", "multiplex", "cpu_per_instance", "gpu_per_instance"}
     unknown = sorted(set(args) - known)
     if unknown:
         raise ValueError(f"unknown argument(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -471,7 +472,7 @@ def settings_from_args(args: dict[str, str]) -> Settings:
         replicas=int(args.get("replicas", 1)),
         autoscale=_autoscale(str(args["autoscale"])) if args.get("autoscale") else None,
         num_cpus=num_cpus,
-        num_gpus=float(args.get("num_gpus", 0)),
+        num_gpus=_num_gpus(args, serve_args, multiplex),
         max_ongoing_requests=int(args.get("max_ongoing_requests", 16)),
         target_ongoing_requests=float(args.get("target_ongoing_requests", 2)),
         retries=int(args.get("retries", 3)),
@@ -496,15 +497,47 @@ def _num_cpus(args: dict[str, Any], serve_args: list[str], multiplex: int | None
         if cpus < 0:
             raise ValueError("num_cpus must not be negative")
         return cpus
-    from triserve.integrations.ray.resources import CPU_PER_INSTANCE, replica_cpus, repository_shares
+    from triserve.integrations.ray.resources import CPU_PER_INSTANCE, model_cpus, replica_cpus
 
     share = float(per_instance) if per_instance is not None else CPU_PER_INSTANCE
     if share <= 0:
         raise ValueError("cpu_per_instance must be more than 0")
+    configs = _startup_configs("num_cpus", serve_args)
+    return replica_cpus([model_cpus(c, share) for c in configs.values()], multiplex, share)
+
+
+def _num_gpus(args: dict[str, Any], serve_args: list[str], multiplex: int | None) -> float:
+    """num_gpus: a number, or `auto`: from the models' KIND_GPU instances (resources.py's rule)."""
+    value = args.get("num_gpus", 0)
+    per_instance = args.get("gpu_per_instance")
+    if str(value).strip().lower() != "auto":
+        if per_instance is not None:
+            raise ValueError("gpu_per_instance goes with num_gpus=auto")
+        try:
+            gpus = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"num_gpus must be a number of GPUs or 'auto', got {value!r}") from None
+        if gpus < 0:
+            raise ValueError("num_gpus must not be negative")
+        return gpus
+    from triserve.integrations.ray.resources import GPU_PER_INSTANCE, model_gpus, replica_gpus
+
+    share = float(per_instance) if per_instance is not None else GPU_PER_INSTANCE
+    if not 0 < share <= 1:
+        raise ValueError("gpu_per_instance must be more than 0 and at most 1")
+    configs = _startup_configs("num_gpus", serve_args)
+    return replica_gpus([model_gpus(c, share) for c in configs.values()], multiplex)
+
+
+def _startup_configs(what: str, serve_args: list[str]) -> dict[str, Any]:
+    """The startup models' configs, for `what`=auto; errors name `what`."""
+    from triserve.integrations.ray.resources import repository_configs
+
     try:
-        options = _options(list(serve_args))
+        return dict(repository_configs(_options(list(serve_args))))
     except SystemExit:
         raise ValueError("serve_args are not valid `triserve serve` flags") from None
     except ServerError as e:
-        raise ValueError(f"num_cpus=auto: {e.message}") from None
-    return replica_cpus(repository_shares(options, share).values(), multiplex, share)
+        raise ValueError(f"{what}=auto: {e.message}") from None
+    except ValueError as e:
+        raise ValueError(f"{what}=auto: {e}") from None
