@@ -59,7 +59,9 @@ class _LocalServe:
         self.repo, self.cores = repo, cores
 
     def __enter__(self) -> int:
-        for name, value in (("RAY_AUTH_MODE", "disabled"), ("RAY_USAGE_STATS_ENABLED", "0")):
+        # Ray's workers run at niceness 15 by default: beside `triserve serve` (at 0) on the same cores
+        # the comparison would measure the scheduler, not Serve.
+        for name, value in (("RAY_AUTH_MODE", "disabled"), ("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_worker_niceness", "0")):
             os.environ.setdefault(name, value)
         import ray
         from ray import serve

@@ -30,6 +30,10 @@ os.environ.update(RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S="60", RAY_SERVE_PROXY_HE
 # before Serve sends it to another one (which then loads it, evicting its least recently used
 # model); 50 ms makes that happen under the multiplexing test's load, so evictions are exercised.
 os.environ.update(RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S="0.05")
+# Ray starts its workers (every Serve replica, the proxy, the controller) at niceness 15: beside
+# other busy processes at 0 they get a few percent of a core, and kills, restarts and health
+# checks overrun every bound. The test cluster competes on equal terms instead.
+os.environ.update(RAY_worker_niceness="0")
 
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
