@@ -200,8 +200,10 @@ class Server:
         if not self.options.single_port:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.stop)
+            # Ready (200) only once every front end listens: a client that saw HTTP ready may call gRPC next.
+            self.dataplane.serving = False
             code = await self._start_frontends()
-        elif not self._stopping.is_set():
+        if not self._stopping.is_set():
             self.dataplane.serving = True
         if code == 0:
             urls = ", ".join(f"{title} on {self.options.host_of(n)}:{port}" for n, title, port in self._listening())

@@ -56,10 +56,12 @@ WORKER = {k: v for k, v in NODE.items() if k != "include_dashboard"}
 CLUSTER: list = []  # the module's cluster (the node test removes a worker and adds one back)
 
 
-# `held`: Triton's simple model whose dynamic batcher holds each request up to 150 ms for a batch
-# of 8 that 4 clients never fill, so requests are in flight on the replicas when one is killed.
+# `held`: Triton's simple model whose dynamic batcher holds each request up to 1 s for a batch of 8
+# that 4 clients never fill, so requests are in flight on the replicas when one is killed (with
+# 150 ms, on a busy machine, requests spent most of their time in Serve's proxy and ingress and a
+# kill could miss them three times in a row).
 HELD_CONFIG = (SIMPLE_CONFIG.replace('name: "simple"', 'name: "held"')
-               + "dynamic_batching { preferred_batch_size: [ 8 ] max_queue_delay_microseconds: 150000 }\n")
+               + "dynamic_batching { preferred_batch_size: [ 8 ] max_queue_delay_microseconds: 1000000 }\n")
 
 
 @pytest.fixture(scope="module")
@@ -360,7 +362,7 @@ def kill_under_load(url: str, affected, kills: int = 3) -> dict:
             ok_at_kill = counts["ok"]
             wait_until(lambda: victim not in _replicas() and len(_replicas()) == REPLICAS and _running() == REPLICAS)
             restore.append(time.monotonic() - killed_at)
-            wait_until(lambda: counts["ok"] >= ok_at_kill + 100)  # served after the kill too
+            wait_until(lambda: counts["ok"] >= ok_at_kill + 20)  # served after the kill too
             per_kill.append(counts["failed"] - failed_before)
             if affected(counts):
                 break
