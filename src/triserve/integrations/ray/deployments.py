@@ -483,23 +483,32 @@ def settings_from_args(args: dict[str, str]) -> Settings:
     )
 
 
+def _given(args: dict[str, Any], key: str, unit: str, default: float) -> float | None:
+    """args[key] as a number of `unit`s (CPU or GPU), or None for `auto`; `<unit>_per_instance`
+    goes only with auto."""
+    value = args.get(key, default)
+    if str(value).strip().lower() == "auto":
+        return None
+    per_instance = f"{unit.lower()}_per_instance"
+    if args.get(per_instance) is not None:
+        raise ValueError(f"{per_instance} goes with {key}=auto")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} must be a number of {unit}s or 'auto', got {value!r}") from None
+    if number < 0:
+        raise ValueError(f"{key} must not be negative")
+    return number
+
+
 def _num_cpus(args: dict[str, Any], serve_args: list[str], multiplex: int | None) -> float:
     """num_cpus: a number, or `auto`: from the models' instance_group (resources.py's rule)."""
-    value = args.get("num_cpus", 1)
-    per_instance = args.get("cpu_per_instance")
-    if str(value).strip().lower() != "auto":
-        if per_instance is not None:
-            raise ValueError("cpu_per_instance goes with num_cpus=auto")
-        try:
-            cpus = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"num_cpus must be a number of CPUs or 'auto', got {value!r}") from None
-        if cpus < 0:
-            raise ValueError("num_cpus must not be negative")
-        return cpus
+    given = _given(args, "num_cpus", "CPU", 1)
+    if given is not None:
+        return given
     from triserve.integrations.ray.resources import CPU_PER_INSTANCE, model_cpus, replica_cpus
 
-    share = float(per_instance) if per_instance is not None else CPU_PER_INSTANCE
+    share = float(args["cpu_per_instance"]) if args.get("cpu_per_instance") is not None else CPU_PER_INSTANCE
     if share <= 0:
         raise ValueError("cpu_per_instance must be more than 0")
     configs = _startup_configs("num_cpus", serve_args)
@@ -508,21 +517,12 @@ def _num_cpus(args: dict[str, Any], serve_args: list[str], multiplex: int | None
 
 def _num_gpus(args: dict[str, Any], serve_args: list[str], multiplex: int | None) -> float:
     """num_gpus: a number, or `auto`: from the models' KIND_GPU instances (resources.py's rule)."""
-    value = args.get("num_gpus", 0)
-    per_instance = args.get("gpu_per_instance")
-    if str(value).strip().lower() != "auto":
-        if per_instance is not None:
-            raise ValueError("gpu_per_instance goes with num_gpus=auto")
-        try:
-            gpus = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"num_gpus must be a number of GPUs or 'auto', got {value!r}") from None
-        if gpus < 0:
-            raise ValueError("num_gpus must not be negative")
-        return gpus
+    given = _given(args, "num_gpus", "GPU", 0)
+    if given is not None:
+        return given
     from triserve.integrations.ray.resources import GPU_PER_INSTANCE, model_gpus, replica_gpus
 
-    share = float(per_instance) if per_instance is not None else GPU_PER_INSTANCE
+    share = float(args["gpu_per_instance"]) if args.get("gpu_per_instance") is not None else GPU_PER_INSTANCE
     if not 0 < share <= 1:
         raise ValueError("gpu_per_instance must be more than 0 and at most 1")
     configs = _startup_configs("num_gpus", serve_args)
