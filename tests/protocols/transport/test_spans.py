@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from triserve.errors import ServerError
+from triserve.protocols.kserve.predecode import SPAN_LAYOUT as LAYOUT
 from triserve.protocols.transport import json_input, spans
 from triserve.protocols.transport.spans import Span
 
@@ -28,14 +29,14 @@ def strings(count: int) -> bytes:
 
 
 def resolved(document: dict) -> dict:
-    spans.resolve(document)
+    spans.resolve(document, LAYOUT)
     return document
 
 
 def test_large_data_comes_as_a_span_and_the_rest_as_the_parser_reads_it():
     data = strings(BIG)
     text = body(data, after=b',"outputs":[{"name":"OUT","parameters":{"data":[1,2]}}],"id":"x"')
-    document = spans.decode(PARSE, text)
+    document = spans.decode(PARSE, text, LAYOUT)
     assert document is not None
     span = document["inputs"][0]["data"]
     assert isinstance(span, Span) and len(span) == len(data)
@@ -45,7 +46,7 @@ def test_large_data_comes_as_a_span_and_the_rest_as_the_parser_reads_it():
 def test_several_inputs_each_large_data_is_its_own_span_and_small_data_is_parsed():
     text = (b'{"inputs":[{"name":"A","data":' + strings(BIG) + b'},{"name":"B","data":[1,2,3]},'
             b'{"name":"C","data":' + orjson.dumps([0.5] * BIG) + b'}]}')
-    document = spans.decode(PARSE, text)
+    document = spans.decode(PARSE, text, LAYOUT)
     assert document is not None
     kinds = [type(item["data"]) for item in document["inputs"]]
     assert kinds == [Span, list, Span]
@@ -65,7 +66,7 @@ def test_several_inputs_each_large_data_is_its_own_span_and_small_data_is_parsed
     b'{"x":"{\\"inputs\\":[{\\"data\\":' + b'[1,2]' * BIG + b'}]}"}',  # key-like text inside a string
 ])
 def test_what_is_not_certain_is_left_to_the_whole_parse(text):
-    document = spans.decode(PARSE, text)
+    document = spans.decode(PARSE, text, LAYOUT)
     if document is None:
         return
     # only a document the whole parse reads the same way may come back
@@ -75,25 +76,25 @@ def test_what_is_not_certain_is_left_to_the_whole_parse(text):
 def test_the_uncertain_cases_are_refused_by_the_fast_path():
     for text in [body(b'["\xc3\xa9"' + b',"a"' * BIG + b"]"), body(b"[1e999" + b",1" * BIG + b"]"),
                  body(strings(BIG), after=b",}"), body(b"[" * 97 + strings(BIG) + b"]" * 97)]:
-        assert spans.decode(PARSE, text) is None
+        assert spans.decode(PARSE, text, LAYOUT) is None
 
 
 def test_a_duplicate_data_key_reads_as_the_parser_keeps_it():
     text = body(strings(BIG), before=b'"name":"INPUT","data":' + orjson.dumps([1] * BIG))
-    document = spans.decode(PARSE, text)
+    document = spans.decode(PARSE, text, LAYOUT)
     if document is not None:
         assert resolved(document) == orjson.loads(text)
 
 
 def test_data_just_within_the_depth_limit_is_taken_out():
     text = body(b"[" * 96 + strings(BIG) + b"]" * 96)  # 100 levels
-    document = spans.decode(PARSE, text)
+    document = spans.decode(PARSE, text, LAYOUT)
     assert document is not None and resolved(document) == orjson.loads(text)
 
 
 def test_a_document_too_deep_elsewhere_answers_what_the_whole_parse_answers():
     text = body(strings(BIG), after=b',"p":' + b"[" * 120 + b"]" * 120)
-    assert spans.decode(PARSE, text) is None
+    assert spans.decode(PARSE, text, LAYOUT) is None
     with pytest.raises(ServerError, match="nesting depth"):
         PARSE(text)
 
@@ -110,7 +111,7 @@ TOKENS = st.sampled_from(['"a"', '"\\u00e9"', '"\\ud800"', '"\\x"', "1", "-0", "
 def test_decode_never_reads_data_differently_from_the_whole_parse(monkeypatch, tokens):
     monkeypatch.setattr(spans, "SPLICE_MIN", 1)
     text = body("".join(tokens).encode())
-    document = spans.decode(PARSE, text)
+    document = spans.decode(PARSE, text, LAYOUT)
     try:
         expected = PARSE(text)
     except ServerError:

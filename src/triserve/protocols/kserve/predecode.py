@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+import msgspec
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
 from triserve.core.model import Model
 from triserve.protocols.kserve import tensors
 from triserve.protocols.kserve.contents import from_contents
-from triserve.protocols.transport import offload
+from triserve.protocols.transport import offload, spans
 from triserve.protocols.transport.grpc import skimmed
 from triserve.protocols.transport.processes import Expected, Predecoded, WithPredecoded
 from triserve.protocols.transport.spans import Span
@@ -42,7 +43,24 @@ def json_inputs(document: dict[str, Any], expected: Expected) -> None:
                 item["data"] = Predecoded.skipped(None)  # a Span stays unparsed
 
 
-json_inputs.takes_spans = True  # type: ignore[attr-defined]  # large data may come unparsed (transport/spans.py)
+class _Input(msgspec.Struct):
+    data: msgspec.Raw = msgspec.Raw()
+
+
+class _Document(msgspec.Struct):
+    inputs: list[_Input] = []
+
+
+def _data_places(document: Any) -> Iterator[tuple[Any, Any]]:
+    inputs = document.get("inputs") if isinstance(document, dict) else None
+    for item in inputs if isinstance(inputs, list) else ():
+        if isinstance(item, dict) and "data" in item:
+            yield item, "data"
+
+
+# Each input's `data`, inside the document, its inputs array and the input's object.
+SPAN_LAYOUT = spans.Layout(msgspec.json.Decoder(_Document), lambda d: [item.data for item in d.inputs], _data_places, 3)
+json_inputs.span_layout = SPAN_LAYOUT  # type: ignore[attr-defined]  # large data may come unparsed
 
 
 def _from_json(name: str, datatype: str, shape: list[int], data: object) -> np.ndarray:

@@ -28,16 +28,21 @@ def parse(body: bytes) -> dict[str, Any]:
     if not body.strip():
         raise invalid("JSON Parse error: The document is empty")
     check_depth(body)
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        try:  # the standard parser takes the NaN and Infinity tokens orjson refuses
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise invalid(f"JSON Parse error: {e}") from None
+    data = loads(body)
     if not isinstance(data, dict):
         raise invalid(f"JSON Value: {_short(data)} Is not object")
     return data
+
+
+def loads(text: bytes | bytearray | memoryview) -> Any:
+    """One JSON value (nesting not checked)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        try:  # the standard parser takes the NaN and Infinity tokens orjson refuses
+            return json.loads(bytes(text))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise invalid(f"JSON Parse error: {e}") from None
 
 
 def is_b64(value: object) -> bool:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+import msgspec
 import numpy as np
 
 from triserve import datatypes
@@ -17,9 +18,10 @@ from triserve.errors import Code, ServerError
 from triserve.protocols.tfserving import json_codec as tfjson
 from triserve.protocols.tfserving import tensors as tfserving_tensors
 from triserve.protocols.tfserving.servables import request_inputs
-from triserve.protocols.transport import offload
+from triserve.protocols.transport import offload, spans
 from triserve.protocols.transport.grpc import skimmed
 from triserve.protocols.transport.processes import Expected, Predecoded
+from triserve.protocols.transport.spans import Span
 from triserve.protos import tensorflow_pb2 as tf
 from triserve.protos import tfserving_apis_pb2 as apis
 
@@ -82,7 +84,8 @@ def signature_json_inputs(document: dict[str, Any], signatures: dict[str, tuple[
 def json_inputs(document: dict[str, Any], model: tuple[dict[str, np.dtype], frozenset[str], Expected | None] | None) -> None:
     """In a worker process: `instances` or `inputs` read as TFServingREST.predict reads them
     (the same shapes, the same refusal by the model's checks before values are read, the same
-    codec), or dropped unread when the servable did not resolve."""
+    codec), or dropped unread when the servable did not resolve. A large value may come as a
+    spans.Span: its shapes are read from its outline, and it is parsed only if they pass."""
     keys = [key for key in ("instances", "inputs") if key in document]
     if len(keys) != 1:
         for key in keys:  # both: refused before any value is read
@@ -95,15 +98,15 @@ def json_inputs(document: dict[str, Any], model: tuple[dict[str, np.dtype], froz
     dtypes, required, expected = model
     rows = key == "instances"
     value = document[key]
+    if isinstance(value, Span):
+        shapes = tfjson.shapes(value.outline(), list(dtypes), rows)
+        if _refused(shapes, required, dtypes, expected):
+            document[key] = JSONValue(shapes, Predecoded.skipped(None), (dtypes, required))
+            return
+        value = value.load()
     shapes = tfjson.shapes(value, list(dtypes), rows)
-    work = sum(math.prod(shape) for shape in shapes.values())
     arrays: dict[str, Predecoded] | Predecoded
-    if (
-        work > offload.OFF_LOOP_SIZE
-        and required <= shapes.keys() <= dtypes.keys()
-        and expected is not None
-        and not all(expected.worth_reading(n, expected.inputs[n][0], shape) for n, shape in shapes.items())
-    ):
+    if _refused(shapes, required, dtypes, expected):
         arrays = Predecoded.skipped(None)  # the server's check_inputs refuses these shapes
     else:
         read = tfjson.instances_to_arrays if rows else tfjson.inputs_to_arrays
@@ -114,6 +117,36 @@ def json_inputs(document: dict[str, Any], model: tuple[dict[str, np.dtype], froz
         except Exception:
             arrays = Predecoded.skipped(None)
     document[key] = JSONValue(shapes, arrays, (dtypes, required))
+
+
+class _Document(msgspec.Struct):
+    instances: msgspec.Raw = msgspec.Raw()
+    inputs: msgspec.Raw = msgspec.Raw()
+
+
+def _tensor_places(document: Any) -> Iterator[tuple[Any, Any]]:
+    for key in ("instances", "inputs"):
+        if isinstance(document, dict) and key in document:
+            yield document, key
+
+
+# The document's `instances` or `inputs`, read as tfjson.parse reads them.
+SPAN_LAYOUT = spans.Layout(
+    msgspec.json.Decoder(_Document), lambda d: [d.instances, d.inputs], _tensor_places, 1, tfjson.loads)
+json_inputs.span_layout = SPAN_LAYOUT  # type: ignore[attr-defined]  # a large value may come unparsed
+
+
+def _refused(shapes: dict[str, list[int]], required: frozenset[str], dtypes: dict[str, np.dtype],
+             expected: Expected | None) -> bool:
+    """Whether TFServingREST.predict's check_inputs refuses these shapes (it checks them only
+    for large values that name every required input and nothing else)."""
+    work = sum(math.prod(shape) for shape in shapes.values())
+    return (
+        work > offload.OFF_LOOP_SIZE
+        and required <= shapes.keys() <= dtypes.keys()
+        and expected is not None
+        and not all(expected.worth_reading(n, expected.inputs[n][0], shape) for n, shape in shapes.items())
+    )
 
 
 def predict_request(

@@ -123,19 +123,19 @@ def decode(
     parse: Callable[[bytes], dict[str, Any]], data: bytes, predecode: Callable[[dict[str, Any]], Any] | None, what: str
 ) -> dict[str, Any]:
     """In a worker process: `parse`, then `predecode`, then the check that what goes back is small.
-    A predecode step marked `takes_spans` gets large input `data` unparsed, as spans.Span (it
-    parses those it reads; any it leaves are parsed here), when spans.decode is certain that
-    changes nothing."""
+    A predecode step with a `span_layout` (spans.Layout) gets large tensor values unparsed, as
+    spans.Span (it parses those it reads; any it leaves are parsed here), when spans.decode is
+    certain that changes nothing."""
     from triserve.protocols.transport import spans  # it imports this module
 
-    takes_spans = getattr(getattr(predecode, "func", predecode), "takes_spans", False)
-    document = spans.decode(parse, data) if takes_spans else None
+    layout = getattr(getattr(predecode, "func", predecode), "span_layout", None)
+    document = spans.decode(parse, data, layout) if layout is not None else None
     if document is None:
         document = parse(data)
     if predecode is not None:
         predecode(document)
-    if takes_spans:
-        spans.resolve(document)  # what predecode left unparsed
+    if layout is not None:
+        spans.resolve(document, layout)  # what predecode left unparsed
     if plain_values(document, MAX_PLAIN_VALUES) > MAX_PLAIN_VALUES:
         raise invalid(
             f"{what} holds more than {MAX_PLAIN_VALUES} values besides tensor data (where they are not read);"
