@@ -128,12 +128,14 @@ async def test_a_large_body_with_a_content_length_is_written_into_one_buffer_as_
     assert client.read == 8
 
 
-async def test_without_a_content_length_or_when_small_a_buffered_body_is_joined_bytes():
+async def test_a_buffered_chunked_body_grows_one_buffer_and_a_small_one_is_joined_bytes():
     pieces = [b"x" * (1 << 20), b"y" * (1 << 20)]
     chunked = await read_body(Client(pieces).request, 64 * MiB, buffer=True)
     small = await read_body(Client([b"ab", b"cd"], content_length=4).request, 64 * MiB, buffer=True)
-    assert type(chunked) is bytes and chunked == b"".join(pieces)
+    plain = await read_body(Client(pieces).request, 64 * MiB)
+    assert type(chunked) is bytearray and chunked == b"".join(pieces)
     assert type(small) is bytes and small == b"abcd"
+    assert type(plain) is bytes and plain == b"".join(pieces)
 
 
 async def test_a_buffered_body_that_ends_short_of_or_past_its_content_length_keeps_what_came():
