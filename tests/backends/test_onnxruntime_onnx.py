@@ -11,7 +11,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tests.inprocess import SIMPLE_IDENTITY_CONFIG, SIMPLE_STRING_CONFIG, simple_string_onnx, string_identity_onnx
-from triserve.backends import InstanceSettings
+from triserve.backends import EXECUTION, InstanceSettings
 from triserve.backends import onnxruntime_onnx as ort_backend
 from triserve.errors import Code, ServerError
 
@@ -84,3 +84,51 @@ def test_the_spinning_parameter_reaches_the_session_and_a_bad_value_is_refused(t
     assert model.session.get_session_options().get_session_config_entry(ort_backend.SPINNING) == "0"
     with pytest.raises(ServerError, match="must be 0 or 1, got 'yes'"):
         _load(tmp_path / "bad", spin_off.replace('string_value: "0"', 'string_value: "yes"'), simple_onnx)
+
+
+def test_an_execution_alone_runs_on_the_wide_session_with_the_same_answer(tmp_path):
+    from tests.inprocess import SIMPLE_CONFIG, simple_onnx
+
+    config = text_format.Parse(SIMPLE_CONFIG, mc.ModelConfig())
+    simple_onnx(tmp_path / "model.onnx")
+    model = ort_backend.load(config, tmp_path / "model.onnx", InstanceSettings(threads=1, wide_threads=2))
+    assert model.session.get_session_options().intra_op_num_threads == 1
+    assert model.wide_session.get_session_options().intra_op_num_threads == 2
+    assert model.wide_session.get_session_options().get_session_config_entry(ort_backend.SPINNING) == "0"
+    a = np.arange(16, dtype=np.int32)[None]
+    used = []
+    for session in (model.session, model.wide_session):  # which one ran, seen through a spy
+        real = session.run
+        session.run = lambda names, feed, real=real, session=session: used.append(session) or real(names, feed)
+    narrow = model.run({"INPUT0": a, "INPUT1": a}, ["OUTPUT0"])
+    EXECUTION.alone = True
+    try:
+        wide = model.run({"INPUT0": a, "INPUT1": a}, ["OUTPUT0"])
+    finally:
+        EXECUTION.alone = False
+    assert used == [model.session, model.wide_session]
+    assert narrow["OUTPUT0"].tolist() == wide["OUTPUT0"].tolist() == (2 * a).tolist()
+
+
+def test_the_instances_of_a_version_share_one_wide_session(tmp_path):
+    from tests.inprocess import SIMPLE_CONFIG, simple_onnx
+
+    config = text_format.Parse(SIMPLE_CONFIG, mc.ModelConfig())
+    simple_onnx(tmp_path / "model.onnx")
+    shared: dict = {}
+    first, second = (ort_backend.load(config, tmp_path / "model.onnx",
+                                      InstanceSettings(threads=1, wide_threads=2, shared=shared)) for _ in range(2))
+    assert first.session is not second.session
+    assert first.wide_session is second.wide_session is not None
+    other = ort_backend.load(config, tmp_path / "model.onnx", InstanceSettings(threads=1, wide_threads=2))
+    assert other.wide_session is not first.wide_session  # another version: its own
+
+
+def test_an_explicit_thread_count_keeps_one_session(tmp_path):
+    from tests.inprocess import SIMPLE_CONFIG, simple_onnx
+
+    text = SIMPLE_CONFIG + 'parameters { key: "intra_op_thread_count" value { string_value: "1" } }\n'
+    config = text_format.Parse(text, mc.ModelConfig())
+    simple_onnx(tmp_path / "model.onnx")
+    model = ort_backend.load(config, tmp_path / "model.onnx", InstanceSettings(threads=1, wide_threads=2))
+    assert model.wide_session is None

@@ -15,7 +15,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from triserve.core.scheduler import BatchingPolicy, Scheduler
+from triserve.backends import EXECUTION
+from triserve.core.scheduler import IN_FLIGHT, BatchingPolicy, Scheduler
 from triserve.core.stats import ModelStats
 from triserve.errors import ServerError
 
@@ -278,3 +279,28 @@ async def test_a_named_signatures_request_runs_alone_with_its_own_outputs():
     await scheduler.close()
     assert gate.batches == [[50], [2], [3]]
     assert calls == [(None, ["y"]), (None, ["y"]), ("triple", ["z"]), (None, ["y"])]
+
+
+async def test_an_execution_is_alone_only_while_no_other_runs_in_the_process():
+    seen: list[bool] = []
+
+    class Recording(Gate):
+        def __call__(self, inputs, outputs):
+            seen.append(EXECUTION.alone)
+            return super().__call__(inputs, outputs)
+
+    gate = Recording()
+    cfg = config("")
+    scheduler = Scheduler("m", [gate] * 2, ["y"], BatchingPolicy.from_config(cfg, 8), ModelStats("m", 1))
+    first = asyncio.ensure_future(submit(scheduler, 1))
+    assert await gate.started() == [1]
+    second = asyncio.ensure_future(submit(scheduler, 2))  # the other instance, while the first still runs
+    assert await gate.started() == [2]
+    gate.open(1, 2)
+    await asyncio.gather(first, second)
+    gate.open(3)
+    third = await submit(scheduler, 3)  # nothing else runs now
+    await scheduler.close()
+    assert third == 6.0
+    assert seen == [True, False, True]
+    assert IN_FLIGHT.count == 0 and EXECUTION.alone is False

@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
+from typing import Any, Callable
 
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -61,6 +61,7 @@ class _Execution(threading.local):
     """What the scheduler tells a backend about the execution running on this thread."""
 
     deadline: float = 0.0  # time.monotonic() by which the requests' timeout ends (0: none)
+    alone: bool = False  # no other model execution was running in this process when this one started
 
 
 EXECUTION = _Execution()
@@ -72,9 +73,15 @@ class InstanceSettings:
 
     device: str = "cpu"  # "cpu" or "cuda:<n>"
     threads: int = 1  # intra-op threads for this instance
+    # intra-op threads for an execution that runs alone (EXECUTION.alone): one request in flight
+    # gets every core (0: always `threads`)
+    wide_threads: int = 0
     # BLS: what a model calls other models with, infer(model, version, inputs, output_names) -> outputs
     # (blocking, from any thread but the event loop's; raises ServerError). The core hands it over.
     models: Callable[[str, int | None, dict, list[str] | None], dict] | None = field(default=None, compare=False)
+    # What the instances of one model version share: the core hands the same dict to each
+    # (the ONNX Runtime backend keeps its one wide session there).
+    shared: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 def cpu_count() -> int:

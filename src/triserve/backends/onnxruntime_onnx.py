@@ -1,9 +1,11 @@
 """ONNX Runtime backend (`platform: "onnxruntime_onnx"`).
 
 Threads: each instance gets `InstanceSettings.threads` intra-op threads and one inter-op
-thread, so that instances x threads equals the cores (see core/instances.py). Config
-`parameters` `intra_op_thread_count` / `inter_op_thread_count` override, as in Triton's
-onnxruntime backend.
+thread, so that instances x threads equals the cores (see core/instances.py). With
+`InstanceSettings.wide_threads` it keeps a second session with that many threads, for the
+executions that start while no other runs (EXECUTION.alone): one request in flight gets every
+core, many get one each. Config `parameters` `intra_op_thread_count` / `inter_op_thread_count`
+override (and then there is no wide session), as in Triton's onnxruntime backend.
 
 Strings: a BYTES tensor (numpy object array of `bytes`) reaches an ONNX `tensor(string)` input
 as `str` items, as Triton's onnxruntime backend hands each element's bytes to the string tensor
@@ -20,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 from tritonclient.grpc import model_config_pb2 as mc
 
-from triserve.backends import InstanceSettings, check_dims, count_parameter
+from triserve.backends import EXECUTION, InstanceSettings, check_dims, count_parameter
 from triserve.errors import internal, invalid
 
 BACKEND = "onnxruntime"
@@ -86,14 +88,7 @@ def autocomplete(config: mc.ModelConfig, model_file: Path) -> None:
 
 class OnnxModel:
     def __init__(self, config: mc.ModelConfig, model_file: Path, settings: InstanceSettings) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = count_parameter(config, "intra_op_thread_count", settings.threads)
-        options.inter_op_num_threads = count_parameter(config, "inter_op_thread_count", 1)
-        spinning = _spinning(config, options.intra_op_num_threads)
-        if spinning is not None:
-            options.add_session_config_entry(SPINNING, spinning)
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        threads = count_parameter(config, "intra_op_thread_count", settings.threads)
         providers = ["CPUExecutionProvider"]
         if settings.device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -102,15 +97,25 @@ class OnnxModel:
                 )
             device_id = int(settings.device.partition(":")[2] or 0)
             providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
-        self.session = _open(model_file, options, providers)
+        self.session = _open(model_file, _options(config, threads), providers)
         _check_signature(config, self.session)
+        explicit = any(name.lower() == "intra_op_thread_count" for name in config.parameters)
+        self.wide_session: ort.InferenceSession | None = None
+        if settings.wide_threads > threads and settings.device == "cpu" and not explicit:
+            # One session for the version's executions that run alone: at most one execution in
+            # the process runs alone at a time, so the instances share it (one more copy of the weights).
+            if WIDE_SESSION not in settings.shared:
+                options = _options(config, settings.wide_threads, spinning="0")
+                settings.shared[WIDE_SESSION] = _open(model_file, options, providers)
+            self.wide_session = settings.shared[WIDE_SESSION]
         self._text_inputs = {t.name for t in self.session.get_inputs() if t.type == STRING}
         self._text_outputs = {t.name for t in self.session.get_outputs() if t.type == STRING}
 
     def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         feed = {name: _to_text(name, a) if name in self._text_inputs else a for name, a in inputs.items()}
+        session = self.wide_session if self.wide_session is not None and EXECUTION.alone else self.session
         try:
-            results = self.session.run(outputs, feed)
+            results = session.run(outputs, feed)
         except UnicodeDecodeError:  # ORT decodes string outputs as UTF-8 for its Python API
             raise internal(
                 "onnxruntime failed: a string output holds bytes that are not UTF-8,"
@@ -123,24 +128,40 @@ class OnnxModel:
         }
 
     def close(self) -> None:
-        del self.session
+        del self.session, self.wide_session
+
+
+def _options(config: mc.ModelConfig, threads: int, spinning: str | None = None) -> ort.SessionOptions:
+    """`spinning`: the default of session.intra_op.allow_spinning (None: DEFAULT_SPINNING). The
+    wide session does not spin: its threads, spinning after an execution alone, took the cores
+    the next executions (on the narrow sessions) and the server's own work needed."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = count_parameter(config, "inter_op_thread_count", 1)
+    spinning = _spinning(config, threads, DEFAULT_SPINNING if spinning is None else spinning)
+    if spinning is not None:
+        options.add_session_config_entry(SPINNING, spinning)
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
 
 
 STRING = "tensor(string)"
+WIDE_SESSION = "onnxruntime wide session"  # its key in InstanceSettings.shared
 SPINNING = "session.intra_op.allow_spinning"  # ORT's session config key, also taken as a config parameter
 DEFAULT_SPINNING: str | None = None  # None: onnxruntime's own default (its pool threads spin)
 
 
-def _spinning(config: mc.ModelConfig, intra_threads: int) -> str | None:
+def _spinning(config: mc.ModelConfig, intra_threads: int, default: str | None) -> str | None:
     """Whether intra-op pool threads busy-wait for work: config parameter
-    `session.intra_op.allow_spinning` ("0" or "1"), else DEFAULT_SPINNING."""
+    `session.intra_op.allow_spinning` ("0" or "1"), else `default`."""
     for name, value in config.parameters.items():
         if name.lower() == SPINNING:
             text = value.string_value.strip()
             if text not in ("0", "1"):
                 raise invalid(f"parameter '{name}' of model '{config.name}' must be 0 or 1, got '{text}'")
             return text
-    return DEFAULT_SPINNING if intra_threads > 1 else None
+    return default if intra_threads > 1 else None
 
 
 def _to_text(name: str, array: np.ndarray) -> np.ndarray:

@@ -93,8 +93,10 @@ class Bench:
         return [r for count, threads in self.onnx_configs for r in self.raw(self.onnx_model, count, threads)]
 
     def raw_onnx_one(self) -> Result:
-        """One request at a time runs on one single-threaded instance: the same, raw."""
-        return self.raw(self.onnx_model, 1, 1, (1,))[0]
+        """The best raw single call: one instance, one image at a time, with one thread or with
+        every core, whichever has the lower p50 (one request alone may use every core)."""
+        calls = [self.raw(self.onnx_model, 1, threads, (1,))[0] for threads in sorted({1, self.cores})]
+        return min(calls, key=lambda r: r.p50_ms)
 
     def served(self, label: str, sender: Sender, concurrency: int) -> Result:
         return served(f"{label}, concurrency {concurrency}", sender, concurrency, self.seconds)
@@ -128,7 +130,7 @@ def onnx_section(b: Bench) -> Table:
                          f" ({top.images_per_s:.1f} vs {top_raw.images_per_s:.1f} images/s)")
     firsts = [r for r in results if r.label.endswith(", concurrency 1")]
     if firsts:
-        table.summary.append(f"onnx: added p50 at concurrency 1 over raw 1 x 1 ({one.p50_ms:.2f} ms): "
+        table.summary.append(f"onnx: added p50 at concurrency 1 over the best raw single call ({one.p50_ms:.2f} ms): "
                              + ", ".join(f"{r.label.split(', ')[1]} {r.p50_ms - one.p50_ms:+.2f} ms" for r in firsts))
     return table
 
@@ -152,7 +154,8 @@ def grpc_section(b: Bench) -> Table:
     added = first.p50_ms - one.p50_ms
     table.summary.append(
         f"aim: gRPC p50 at concurrency {GRPC_CONCURRENCIES[0]} within {GRPC_AIM_MS:g} ms of raw:"
-        f" {first.p50_ms:.2f} ms vs raw 1 x 1 {one.p50_ms:.2f} ms, {added:+.2f} ms: {verdict(added <= GRPC_AIM_MS)}"
+        f" {first.p50_ms:.2f} ms vs the best raw single call {one.p50_ms:.2f} ms, {added:+.2f} ms:"
+        f" {verdict(added <= GRPC_AIM_MS)}"
     )
     return table
 

@@ -17,7 +17,7 @@ import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
 from triserve.backends import EXECUTION
-from triserve.core.scheduler import EXECUTION_THREADS, BatchingPolicy
+from triserve.core.scheduler import EXECUTION_THREADS, IN_FLIGHT, BatchingPolicy
 from triserve.core.stats import ModelStats
 from triserve.core.types import InferRequest, InferResponse, RequestedOutput
 from triserve.errors import ServerError, invalid, unavailable
@@ -98,7 +98,8 @@ class DecoupledScheduler:
             if traced is not None:
                 traced.stamp("COMPUTE_START")
             try:
-                run(dict(request.inputs), names, emit)
+                with IN_FLIGHT.running():
+                    run(dict(request.inputs), names, emit)
             finally:
                 EXECUTION.deadline = 0.0
                 if traced is not None:

@@ -9,7 +9,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -426,8 +426,10 @@ def _build(spec: ModelSpec, allow_custom_code: bool = False, models: Callable | 
             processor_spec = spec.processors.get(version)
             processor = processors.build(processor_spec) if processor_spec is not None else None
             built[version] = _Built(config, labels, [], config.max_batch_size, processor, sequence)
+            shared: dict[str, Any] = {}
             for settings in instance_settings(config):
-                settings = dataclasses.replace(settings, models=models)  # BLS: the model may call others
+                # BLS: the model may call others; `shared` is the same for every instance of the version
+                settings = dataclasses.replace(settings, models=models, shared=shared)
                 built[version].instances.append(backend.load(config, version_dir / config.default_model_filename, settings))
             run_warmup(config, spec.path, built[version].instances)
             # Python models are not measured: their execute may have effects, or call other models.

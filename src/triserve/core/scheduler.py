@@ -7,11 +7,13 @@ Model execution runs on the instance's own thread; the event loop only moves req
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
@@ -24,6 +26,29 @@ from triserve.errors import QueueFull, ServerError, internal, unavailable
 # instances never share a thread at the same time; the threads outlive model versions, so a
 # reload does not leave another thread's malloc arena behind (unloads give memory back).
 EXECUTION_THREADS = ThreadPoolExecutor(max_workers=256, thread_name_prefix="execute")
+
+class _InFlight:
+    """How many model executions run in this process now, every model's, from any thread: an
+    execution that starts alone may use every core (EXECUTION.alone, InstanceSettings.wide_threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        with self._lock:
+            self.count += 1
+            EXECUTION.alone = self.count == 1
+        try:
+            yield
+        finally:
+            EXECUTION.alone = False
+            with self._lock:
+                self.count -= 1
+
+
+IN_FLIGHT = _InFlight()
 
 # run(inputs, output_names) -> outputs, called on an execution thread (and, for a model with
 # signatures, run(inputs, output_names, signature_name) for a request naming one)
@@ -338,10 +363,11 @@ class Scheduler:
         t1 = time.monotonic_ns()
         EXECUTION.deadline = min((p.deadline for p in batch if p.deadline), default=0.0)
         try:
-            if batch[0].signature is None:
-                outputs = run(inputs, self.output_names)
-            else:  # a named signature's request, always alone: its own outputs
-                outputs = run(inputs, batch[0].outputs, batch[0].signature)  # type: ignore[call-arg]
+            with IN_FLIGHT.running():
+                if batch[0].signature is None:
+                    outputs = run(inputs, self.output_names)
+                else:  # a named signature's request, always alone: its own outputs
+                    outputs = run(inputs, batch[0].outputs, batch[0].signature)  # type: ignore[call-arg]
         finally:
             EXECUTION.deadline = 0.0  # this thread's next execution may be another scheduler's
         t2 = time.monotonic_ns()

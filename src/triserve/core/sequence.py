@@ -41,7 +41,7 @@ import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
 from triserve import datatypes
-from triserve.core.scheduler import EXECUTION_THREADS, ArrivalOrder, RunFn, resolve
+from triserve.core.scheduler import EXECUTION_THREADS, IN_FLIGHT, ArrivalOrder, RunFn, resolve
 from triserve.core.stats import ModelStats
 from triserve.errors import ServerError, internal, invalid, unavailable
 
@@ -722,7 +722,8 @@ class SequenceBatcher:
         t0 = time.monotonic_ns()
         inputs = self._batch_inputs(batch, rows)
         t1 = time.monotonic_ns()
-        outputs = run(inputs, self.output_names)
+        with IN_FLIGHT.running():
+            outputs = run(inputs, self.output_names)
         t2 = time.monotonic_ns()
         for r in batch:  # a traced request (core.trace) gets this execution's compute times
             if getattr(r, "trace", None) is not None:
