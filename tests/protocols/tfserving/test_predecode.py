@@ -96,6 +96,8 @@ def test_instances_come_as_a_span_outlined_by_length_and_first_element():
     assert len(outline[0]) == 2 and len(outline[0][0]) == 3 and outline[0][0][0] == 1
     with pytest.raises(IndexError):
         outline[1]
+    with pytest.raises(TypeError):
+        list(outline)  # never read as an empty array
     assert resolved(document) == orjson.loads(text)
 
 

@@ -87,6 +87,9 @@ class Outline(list):
             raise IndexError("an outline holds only its first element")
         return self.first
 
+    def __iter__(self) -> Any:  # a loop over it would see no elements: refuse rather than mislead
+        raise TypeError("an outline holds only its length and first element")
+
 
 _ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
 _OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
