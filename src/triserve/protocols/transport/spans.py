@@ -52,7 +52,8 @@ class Layout:
 
 
 class Span:
-    """The bytes of one input's JSON `data` in a body (valid JSON, not parsed yet)."""
+    """The bytes of one tensor value in a JSON body (valid JSON, not parsed yet), and how the
+    protocol's whole parse reads it."""
 
     __slots__ = ("body", "start", "end", "loads")
 
@@ -66,7 +67,7 @@ class Span:
     def outline(self) -> Any:
         """The value read only along first elements: each array as its length and its first
         element (an Outline), objects and scalars as they are. What a shape check reads."""
-        return _outline(memoryview(self.body)[self.start : self.end])
+        return _outline(memoryview(self.body)[self.start : self.end], self.loads)
 
     def __len__(self) -> int:
         return self.end - self.start
@@ -95,14 +96,14 @@ _ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
 _OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
-def _outline(raw: Any) -> Any:
+def _outline(raw: Any, loads: Callable[[Any], Any]) -> Any:
     text = bytes(memoryview(raw)[:64]).lstrip()
     if text.startswith(b"["):
         items = _ARRAY.decode(raw)
-        return Outline(len(items), _outline(items[0]) if items else None)
+        return Outline(len(items), _outline(items[0], loads) if items else None)
     if text.startswith(b"{"):
-        return {key: _outline(value) for key, value in _OBJECT.decode(raw).items()}
-    return orjson.loads(memoryview(raw))
+        return {key: _outline(value, loads) for key, value in _OBJECT.decode(raw).items()}
+    return loads(memoryview(raw))
 
 
 def _address(buffer: Any) -> int:
