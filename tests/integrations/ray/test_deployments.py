@@ -1,6 +1,6 @@
 """triserve on a local 3-node Ray cluster (1 CPU each, everything on 127.0.0.1): the same bytes
 as the single-process server through Serve's HTTP proxy, tritonclient unchanged, and one model
-replica killed under 4 clients: no failed request with the ingress's retry, at least one without.
+replica killed under 8 clients: no failed request with the ingress's retry, at least one without.
 
 Figures (failures per kill, time to restore the replica, per-request latency through Serve and
 through `triserve serve`) are printed: run with -s to see them.
@@ -57,9 +57,9 @@ CLUSTER: list = []  # the module's cluster (the node test removes a worker and a
 
 
 # `held`: Triton's simple model whose dynamic batcher holds each request up to 1 s for a batch of 8
-# that 4 clients never fill, so requests are in flight on the replicas when one is killed (with
-# 150 ms, on a busy machine, requests spent most of their time in Serve's proxy and ingress and a
-# kill could miss them three times in a row).
+# that never fills (each replica takes one request at a time), so requests are in flight on the
+# replicas when one is killed (with 150 ms, on a busy machine, requests spent most of their time
+# in Serve's proxy and ingress and a kill could miss them three times in a row).
 HELD_CONFIG = (SIMPLE_CONFIG.replace('name: "simple"', 'name: "held"')
                + "dynamic_batching { preferred_batch_size: [ 8 ] max_queue_delay_microseconds: 1000000 }\n")
 
@@ -92,7 +92,7 @@ def cluster(repo):
 
 
 def deploy(repo, url: str, retries: int) -> None:
-    """3 model replicas, one per node, each taking one request at a time: under 4 clients every
+    """3 model replicas, one per node, each taking one request at a time: under 8 clients every
     replica holds a request, so a kill always hits one in flight."""
     serve.run(app({"model_repository": str(repo), "replicas": REPLICAS, "max_replicas_per_node": 1,
                    "max_ongoing_requests": 1, "retries": retries, "serve_args": "--batch-calibration off"}),
@@ -323,9 +323,10 @@ def _running() -> int:
 
 
 def kill_under_load(url: str, affected, kills: int = 3) -> dict:
-    """4 clients infer in a loop (model `held`); one model replica is killed, and killed again
-    (up to `kills` times, each once the replica count is back) until `affected(counts)` says a
-    kill hit a request in flight; every answer is checked."""
+    """8 clients infer in a loop (model `held`; more clients than replicas, so a replica gets its
+    next request as soon as it is free, also on a busy machine); one model replica is killed, and
+    killed again (up to `kills` times, each once the replica count is back) until
+    `affected(counts)` says a kill hit a request in flight; every answer is checked."""
     lock, stop = threading.Lock(), threading.Event()
     counts = {"ok": 0, "failed": 0}
     failures: list[str] = []
@@ -345,7 +346,7 @@ def kill_under_load(url: str, affected, kills: int = 3) -> dict:
                     if not good:
                         failures.append(text)
 
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(4)]
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(8)]
     for t in threads:
         t.start()
     restore: list[float] = []
