@@ -8,7 +8,6 @@ import functools
 
 import numpy as np
 import orjson
-import pytest
 
 from triserve.protocols.kserve import predecode
 from triserve.protocols.transport import json_input, spans
@@ -17,19 +16,6 @@ from triserve.protocols.transport.processes import Expected, Predecoded
 PARSE = functools.partial(json_input.loads_object, what="the request JSON")
 SCORES = Expected({"INPUT": ("FP32", (5,))}, 4)  # FP32 [-1, 5], max batch size 4
 COUNT = 100_000
-
-
-@pytest.fixture
-def parsed(monkeypatch) -> list[int]:
-    sizes: list[int] = []
-    real = orjson.loads
-
-    def spy(data):
-        sizes.append(len(data))
-        return real(data)
-
-    monkeypatch.setattr(orjson, "loads", spy)
-    return sizes
 
 
 def decode(document: bytes) -> dict:

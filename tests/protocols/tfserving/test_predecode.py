@@ -24,19 +24,6 @@ SCORES = ({"INPUT": FP32}, frozenset({"INPUT"}), Expected({"INPUT": ("FP32", (5,
 ROWS = 20_000
 
 
-@pytest.fixture
-def parsed(monkeypatch) -> list[int]:
-    sizes: list[int] = []
-    real = orjson.loads
-
-    def spy(data):
-        sizes.append(len(data))
-        return real(data)
-
-    monkeypatch.setattr(orjson, "loads", spy)
-    return sizes
-
-
 def decode(text: bytes, model=SCORES) -> dict:
     return json_input.decode(tfjson.parse, text, functools.partial(predecode.json_inputs, model=model), "x")
 
