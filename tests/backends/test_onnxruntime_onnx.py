@@ -94,7 +94,8 @@ def test_an_execution_alone_runs_on_the_wide_session_with_the_same_answer(tmp_pa
     model = ort_backend.load(config, tmp_path / "model.onnx", InstanceSettings(threads=1, wide_threads=2))
     assert model.session.get_session_options().intra_op_num_threads == 1
     assert model.wide_session.get_session_options().intra_op_num_threads == 2
-    assert model.wide_session.get_session_options().get_session_config_entry(ort_backend.SPINNING) == "0"
+    options = model.wide_session.get_session_options()
+    assert options.get_session_config_entry(ort_backend.SPINNING_STOP) == "1"  # no spinning between runs
     a = np.arange(16, dtype=np.int32)[None]
     used = []
     for session in (model.session, model.wide_session):  # which one ran, seen through a spy

@@ -156,20 +156,54 @@ def test_the_thread_parameters_reach_openvino(tmp_path):
     config = mc.ModelConfig(name="doubler", max_batch_size=4)
     backend.autocomplete(config, tmp_path / "model.xml")
     default = backend.load(config, tmp_path / "model.xml", InstanceSettings(threads=2))
-    assert int(default.compiled.get_property("INFERENCE_NUM_THREADS")) == 2
-    assert int(default.compiled.get_property("NUM_STREAMS")) == 1
+    assert int(default.compiled.model.get_property("INFERENCE_NUM_THREADS")) == 2
+    assert int(default.compiled.model.get_property("NUM_STREAMS")) == 1
+    assert default.compiled.model.get_property("ENABLE_CPU_PINNING") is False  # instances must not share a core
     config.parameters["INFERENCE_NUM_THREADS"].string_value = "1"
     config.parameters["PERFORMANCE_HINT"].string_value = "latency"
-    config.parameters["ENABLE_CPU_PINNING"].string_value = "no"
+    config.parameters["ENABLE_CPU_PINNING"].string_value = "yes"
     instance = backend.load(config, tmp_path / "model.xml", InstanceSettings(threads=2))
-    assert int(instance.compiled.get_property("INFERENCE_NUM_THREADS")) == 1
-    assert str(instance.compiled.get_property("PERFORMANCE_HINT")).endswith("LATENCY")
-    assert instance.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32  # not the CPU's bf16
-    assert instance.compiled.get_property("ENABLE_CPU_PINNING") is False
+    assert int(instance.compiled.model.get_property("INFERENCE_NUM_THREADS")) == 1
+    assert str(instance.compiled.model.get_property("PERFORMANCE_HINT")).endswith("LATENCY")
+    assert instance.compiled.model.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32  # not the CPU's bf16
+    assert instance.compiled.model.get_property("ENABLE_CPU_PINNING") is True
     result = instance.run({"x": np.array([[1, 2, 3]], np.float32)}, ["y"])
     assert result["y"].tolist() == [[2, 4, 6]]
     instance.close()
     default.close()
+
+
+def test_an_execution_alone_runs_on_the_wide_model_shared_by_the_version(tmp_path):
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from triserve.backends import EXECUTION, InstanceSettings
+    from triserve.backends import openvino as backend
+
+    doubler_onnx(tmp_path / "model.onnx")
+    config = mc.ModelConfig(name="doubler", max_batch_size=4)
+    backend.autocomplete(config, tmp_path / "model.xml")
+    shared: dict = {}
+    first, second = (backend.load(config, tmp_path / "model.xml", InstanceSettings(threads=1, wide_threads=2, shared=shared))
+                     for _ in range(2))
+    assert first.compiled is not second.compiled
+    assert first.wide is second.wide is not None
+    assert int(first.compiled.model.get_property("INFERENCE_NUM_THREADS")) == 1
+    assert int(first.wide.model.get_property("INFERENCE_NUM_THREADS")) == 2
+    used = []
+    for compiled in (first.compiled, first.wide):  # which one ran, seen through a spy
+        real = compiled.run
+        compiled.run = lambda inputs, outputs, real=real, compiled=compiled: used.append(compiled) or real(inputs, outputs)
+    x = np.array([[1, 2, 3]], np.float32)
+    narrow = first.run({"x": x}, ["y"])
+    EXECUTION.alone = True
+    try:
+        wide = first.run({"x": x}, ["y"])
+    finally:
+        EXECUTION.alone = False
+    assert used == [first.compiled, first.wide]
+    assert narrow["y"].tolist() == wide["y"].tolist() == [[2, 4, 6]]
+    config.parameters["INFERENCE_NUM_THREADS"].string_value = "1"  # the config chose: no wide model
+    assert backend.load(config, tmp_path / "model.xml", InstanceSettings(threads=1, wide_threads=2)).wide is None
 
 
 def test_the_calibration_cache_key_covers_the_ir_weights(tmp_path):

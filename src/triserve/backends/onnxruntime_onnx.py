@@ -105,8 +105,7 @@ class OnnxModel:
             # One session for the version's executions that run alone: at most one execution in
             # the process runs alone at a time, so the instances share it (one more copy of the weights).
             if WIDE_SESSION not in settings.shared:
-                options = _options(config, settings.wide_threads, spinning="0")
-                settings.shared[WIDE_SESSION] = _open(model_file, options, providers)
+                settings.shared[WIDE_SESSION] = _open(model_file, _options(config, settings.wide_threads), providers)
             self.wide_session = settings.shared[WIDE_SESSION]
         self._text_inputs = {t.name for t in self.session.get_inputs() if t.type == STRING}
         self._text_outputs = {t.name for t in self.session.get_outputs() if t.type == STRING}
@@ -131,16 +130,18 @@ class OnnxModel:
         del self.session, self.wide_session
 
 
-def _options(config: mc.ModelConfig, threads: int, spinning: str | None = None) -> ort.SessionOptions:
-    """`spinning`: the default of session.intra_op.allow_spinning (None: DEFAULT_SPINNING). The
-    wide session does not spin: its threads, spinning after an execution alone, took the cores
-    the next executions (on the narrow sessions) and the server's own work needed."""
+def _options(config: mc.ModelConfig, threads: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = count_parameter(config, "inter_op_thread_count", 1)
-    spinning = _spinning(config, threads, DEFAULT_SPINNING if spinning is None else spinning)
+    spinning = _spinning(config)
     if spinning is not None:
         options.add_session_config_entry(SPINNING, spinning)
+    if spinning != "0" and threads > 1:
+        # Pool threads spin between the operators of a run (no wake-up per operator) but stop as
+        # soon as the last run returns: left spinning, they took the cores the server's own work
+        # and the other instances' runs needed.
+        options.add_session_config_entry(SPINNING_STOP, "1")
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return options
@@ -149,19 +150,19 @@ def _options(config: mc.ModelConfig, threads: int, spinning: str | None = None) 
 STRING = "tensor(string)"
 WIDE_SESSION = "onnxruntime wide session"  # its key in InstanceSettings.shared
 SPINNING = "session.intra_op.allow_spinning"  # ORT's session config key, also taken as a config parameter
-DEFAULT_SPINNING: str | None = None  # None: onnxruntime's own default (its pool threads spin)
+SPINNING_STOP = "session.force_spinning_stop"  # ORT's: pool threads stop spinning when the last run returns
 
 
-def _spinning(config: mc.ModelConfig, intra_threads: int, default: str | None) -> str | None:
+def _spinning(config: mc.ModelConfig) -> str | None:
     """Whether intra-op pool threads busy-wait for work: config parameter
-    `session.intra_op.allow_spinning` ("0" or "1"), else `default`."""
+    `session.intra_op.allow_spinning` ("0" or "1"), else None (onnxruntime's default: they do)."""
     for name, value in config.parameters.items():
         if name.lower() == SPINNING:
             text = value.string_value.strip()
             if text not in ("0", "1"):
                 raise invalid(f"parameter '{name}' of model '{config.name}' must be 0 or 1, got '{text}'")
             return text
-    return default if intra_threads > 1 else None
+    return None
 
 
 def _to_text(name: str, array: np.ndarray) -> np.ndarray:

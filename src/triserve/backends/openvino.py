@@ -8,10 +8,16 @@ names, datatypes and dims must fit the model or the load fails.
 
 Threads: each instance is compiled for the CPU with one stream (`NUM_STREAMS` 1) and
 `InstanceSettings.threads` inference threads, so instances x threads equals the cores (see
-core/instances.py). Config `parameters` as Triton's OpenVINO backend reads them override:
+core/instances.py). With `InstanceSettings.wide_threads` the version also keeps one model
+compiled with that many threads, shared by its instances, for the executions that start while
+no other runs (EXECUTION.alone): one request in flight gets every core, many get one each, as in
+the onnxruntime backend. Config `parameters` as Triton's OpenVINO backend reads them override
+(`INFERENCE_NUM_THREADS`, `NUM_STREAMS` or `PERFORMANCE_HINT` set: no wide model):
 `INFERENCE_NUM_THREADS`, `NUM_STREAMS`, `COMPILATION_NUM_THREADS`, `PERFORMANCE_HINT`
 (LATENCY or THROUGHPUT), `HINT_BF16` (YES: compute in bfloat16); and OpenVINO's own
-`ENABLE_CPU_PINNING` (YES or NO; default OpenVINO's, YES on Linux). Triton's other parameters
+`ENABLE_CPU_PINNING` (YES or NO). Pinning is off unless the config sets it: OpenVINO pinned the
+single-threaded instances of a model to the same core, so two of them together ran no faster
+than one (EfficientNet-Lite0 on 2 cores: 70-83 images/s pinned, 147-155 not). Triton's other parameters
 (CPU_EXTENSION_PATH, SKIP_OV_DYNAMIC_BATCHSIZE, ENABLE_BATCH_PADDING, RESHAPE_IO_LAYERS) are not
 implemented: a config that sets one fails to load. BYTES (string) tensors are refused at load.
 
@@ -29,7 +35,7 @@ import numpy as np
 import openvino as ov
 from tritonclient.grpc import model_config_pb2 as mc
 
-from triserve.backends import InstanceSettings, check_dims, count_parameter
+from triserve.backends import EXECUTION, InstanceSettings, check_dims, count_parameter
 from triserve.errors import internal, invalid
 
 BACKEND = "openvino"
@@ -55,6 +61,8 @@ _TYPES = {
 _UNSUPPORTED_PARAMETERS = ("CPU_EXTENSION_PATH", "SKIP_OV_DYNAMIC_BATCHSIZE", "ENABLE_BATCH_PADDING",
                            "RESHAPE_IO_LAYERS")
 _HINTS = ("LATENCY", "THROUGHPUT")
+_LAYOUT_PARAMETERS = ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT")  # set: the config chose the threads
+WIDE_MODEL = "openvino wide model"  # its key in InstanceSettings.shared
 
 _core: ov.Core | None = None
 _core_lock = threading.Lock()
@@ -135,14 +143,14 @@ def autocomplete(config: mc.ModelConfig, model_file: Path) -> None:
         config.dynamic_batching.SetInParent()  # as the onnxruntime backend
 
 
-def _properties(config: mc.ModelConfig, settings: InstanceSettings) -> dict[str, str]:
+def _properties(config: mc.ModelConfig, threads: int) -> dict[str, str]:
     keys = {k.upper(): k for k in config.parameters}
     for key in _UNSUPPORTED_PARAMETERS:
         if key in keys:
             raise invalid(f"unable to load model '{config.name}': the OpenVINO backend parameter '{keys[key]}'"
                           " is not supported by this server")
     properties = {
-        "INFERENCE_NUM_THREADS": str(count_parameter(config, "INFERENCE_NUM_THREADS", settings.threads)),
+        "INFERENCE_NUM_THREADS": str(count_parameter(config, "INFERENCE_NUM_THREADS", threads)),
         "NUM_STREAMS": str(count_parameter(config, "NUM_STREAMS", 1)),
         "INFERENCE_PRECISION_HINT": "f32",
     }
@@ -154,6 +162,7 @@ def _properties(config: mc.ModelConfig, settings: InstanceSettings) -> dict[str,
             properties["INFERENCE_PRECISION_HINT"] = "bf16"
     if "COMPILATION_NUM_THREADS" in keys:
         properties["COMPILATION_NUM_THREADS"] = str(count_parameter(config, "COMPILATION_NUM_THREADS", 1))
+    properties["ENABLE_CPU_PINNING"] = "NO"
     if "ENABLE_CPU_PINNING" in keys:  # an OpenVINO CPU property (not one of Triton's parameters)
         value = config.parameters[keys["ENABLE_CPU_PINNING"]].string_value.strip().upper()
         if value not in ("YES", "NO"):
@@ -169,34 +178,52 @@ def _properties(config: mc.ModelConfig, settings: InstanceSettings) -> dict[str,
     return properties
 
 
+class Compiled:
+    """One compiled model with its one infer request: one execution at a time."""
+
+    def __init__(self, config: mc.ModelConfig, model: ov.Model, properties: dict[str, str]) -> None:
+        try:
+            self.model = framework().compile_model(model, "CPU", properties)
+        except Exception as e:
+            raise invalid(f"OpenVINO could not compile model '{config.name}': {str(e).splitlines()[0] if str(e) else e}") from None
+        self.request = self.model.create_infer_request()
+        self.lock = threading.Lock()
+        self.inputs = {name: port for port in self.model.inputs for name in port.get_names()}
+        self.outputs = {name: port for port in self.model.outputs for name in port.get_names()}
+
+    def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        feed = {self.inputs[name]: np.ascontiguousarray(array) for name, array in inputs.items()}
+        with self.lock:
+            try:
+                results = self.request.infer(feed)
+                return {name: np.array(results[self.outputs[name]]) for name in outputs}
+            except Exception as e:
+                raise internal(f"OpenVINO failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
 class OpenVINOModel:
     def __init__(self, config: mc.ModelConfig, model_file: Path, settings: InstanceSettings) -> None:
         if settings.device != "cpu":
             raise invalid(f"model '{config.name}' asks for KIND_GPU but the OpenVINO backend here runs on the CPU only")
-        properties = _properties(config, settings)
+        properties = _properties(config, settings.threads)
         model = _read(model_file)
         _check_signature(config, model)
-        try:
-            self.compiled = framework().compile_model(model, "CPU", properties)
-        except Exception as e:
-            raise invalid(f"OpenVINO could not compile model '{config.name}': {str(e).splitlines()[0] if str(e) else e}") from None
-        self.request = self.compiled.create_infer_request()
-        self._lock = threading.Lock()  # one infer request: one execution at a time
-        self._inputs = {name: port for port in self.compiled.inputs for name in port.get_names()}
-        self._outputs = {name: port for port in self.compiled.outputs for name in port.get_names()}
+        self.compiled = Compiled(config, model, properties)
+        self.wide: Compiled | None = None
+        chosen = {k.upper() for k in config.parameters} & set(_LAYOUT_PARAMETERS)
+        if settings.wide_threads > settings.threads and not chosen:
+            # At most one execution in the process runs alone at a time, so the version's
+            # instances share one wide model (one more copy of the weights).
+            if WIDE_MODEL not in settings.shared:
+                settings.shared[WIDE_MODEL] = Compiled(config, model, _properties(config, settings.wide_threads))
+            self.wide = settings.shared[WIDE_MODEL]
 
     def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        feed = {self._inputs[name]: np.ascontiguousarray(array) for name, array in inputs.items()}
-        with self._lock:
-            try:
-                results = self.request.infer(feed)
-                return {name: np.array(results[self._outputs[name]]) for name in outputs}
-            except Exception as e:
-                raise internal(f"OpenVINO failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        compiled = self.wide if self.wide is not None and EXECUTION.alone else self.compiled
+        return compiled.run(inputs, outputs)
 
     def close(self) -> None:
-        del self.request
-        del self.compiled
+        del self.compiled, self.wide
 
 
 def load(config: mc.ModelConfig, model_file: Path, settings: InstanceSettings) -> OpenVINOModel:

@@ -83,8 +83,9 @@ def _openvino_runners(model_file: Path, count: int, threads: int) -> list[Runner
 
     core = ov.Core()
     model = core.read_model(str(model_file))
-    # As the server's backend compiles each instance: one stream, `threads` threads, f32 math.
-    properties = {"INFERENCE_NUM_THREADS": str(threads), "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": "f32"}
+    # As the server's backend compiles each instance: one stream, `threads` threads, f32 math, not pinned.
+    properties = {"INFERENCE_NUM_THREADS": str(threads), "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": "f32",
+                  "ENABLE_CPU_PINNING": "NO"}
 
     def runner() -> Runner:
         request = core.compile_model(model, "CPU", properties).create_infer_request()

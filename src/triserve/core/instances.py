@@ -4,7 +4,8 @@ Default (no instance_group, or count 0): two CPU instances, as Triton does for O
 sharing the machine's cores between them. On 2 cores that is two single-threaded instances,
 which measured faster than one two-threaded instance for EfficientNet-Lite0 (224 vs 181
 images/s with onnxruntime). An execution that starts while no other runs in the process may
-use every core (`wide_threads`; the ONNX Runtime backend keeps a second session for it), so
+use every core (`wide_threads`; the ONNX Runtime and OpenVINO backends keep a second session or
+compiled model for it), so
 one request in flight does not leave cores idle.
 """
 
