@@ -281,7 +281,15 @@ async def test_a_named_signatures_request_runs_alone_with_its_own_outputs():
     assert calls == [(None, ["y"]), (None, ["y"]), ("triple", ["z"]), (None, ["y"])]
 
 
-async def test_an_execution_is_alone_only_while_no_other_runs_in_the_process():
+async def quiet(scheduler: Scheduler, gate: Gate) -> None:
+    """One execution that nothing overlaps: what ran before (other tests' executions) is forgotten."""
+    gate.open(0)
+    await submit(scheduler, 0)
+    assert await gate.started() == [0]
+    gate.batches.clear()
+
+
+async def test_an_execution_is_alone_only_while_no_other_runs_and_none_overlapped_the_last():
     seen: list[bool] = []
 
     class Recording(Gate):
@@ -292,15 +300,62 @@ async def test_an_execution_is_alone_only_while_no_other_runs_in_the_process():
     gate = Recording()
     cfg = config("")
     scheduler = Scheduler("m", [gate] * 2, ["y"], BatchingPolicy.from_config(cfg, 8), ModelStats("m", 1))
+    await quiet(scheduler, gate)
+    seen.clear()
     first = asyncio.ensure_future(submit(scheduler, 1))
     assert await gate.started() == [1]
     second = asyncio.ensure_future(submit(scheduler, 2))  # the other instance, while the first still runs
     assert await gate.started() == [2]
     gate.open(1, 2)
     await asyncio.gather(first, second)
-    gate.open(3)
-    third = await submit(scheduler, 3)  # nothing else runs now
+    gate.open(3, 4)
+    third = await submit(scheduler, 3)  # nothing else runs now, but the last to end was overlapped
+    fourth = await submit(scheduler, 4)  # the third had the machine to itself
     await scheduler.close()
-    assert third == 6.0
-    assert seen == [True, False, True]
+    assert (third, fourth) == (6.0, 8.0)
+    assert seen == [True, False, False, True]
     assert IN_FLIGHT.count == 0 and EXECUTION.alone is False
+
+
+async def test_an_execution_with_requests_queued_behind_it_does_not_run_alone():
+    seen: list[bool] = []
+
+    class Recording(Gate):
+        def __call__(self, inputs, outputs):
+            seen.append(EXECUTION.alone)
+            return super().__call__(inputs, outputs)
+
+    gate = Recording()
+    cfg = config("")
+    scheduler = Scheduler("m", [gate], ["y"], BatchingPolicy.from_config(cfg, 8), ModelStats("m", 1))
+    await quiet(scheduler, gate)
+    seen.clear()
+    first = asyncio.ensure_future(submit(scheduler, 1))
+    assert await gate.started() == [1]
+    rest = [asyncio.ensure_future(submit(scheduler, v)) for v in (2, 3)]
+    await settle()
+    gate.open(1, 2, 3)
+    assert await asyncio.gather(first, *rest) == [2.0, 4.0, 6.0]
+    await scheduler.close()
+    assert seen == [True, False, True]  # the second had the third waiting; the third had nothing behind it
+
+
+async def test_a_worker_takes_its_next_batch_without_the_event_loop():
+    scheduler, gate = make("")
+    tasks = [asyncio.ensure_future(submit(scheduler, v)) for v in (1, 2, 3)]
+    await settle()
+    ran_all = threading.Event()
+    gate.open(1, 2)
+
+    def watch() -> None:
+        while len(gate.batches) < 3:
+            threading.Event().wait(0.001)
+        ran_all.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    # The event loop is held here, blocked: the three executions still start, one after another.
+    assert ran_all.wait(60)
+    gate.open(3)
+    assert await asyncio.gather(*tasks) == [2.0, 4.0, 6.0]
+    await scheduler.close()
+    assert gate.batches == [[1.0], [2.0], [3.0]]

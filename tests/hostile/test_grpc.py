@@ -298,10 +298,10 @@ class Held:
         loop = asyncio.get_running_loop()
         execute = model.scheduler._execute
 
-        def held(run, batch):
+        def held(run, batch, *rest):
             loop.call_soon_threadsafe(self.started.set)
             self.release.wait(WAIT)
-            return execute(run, batch)
+            return execute(run, batch, *rest)
 
         model.scheduler._execute = held
 

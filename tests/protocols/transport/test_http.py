@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from tests.rawhttp import chunk, connect, exchange, request, serving
 from triserve.options import HTTPOptions
-from triserve.protocols.transport.http import DRAIN_BYTES
+from triserve.protocols.transport.http import DRAIN_BYTES, FEED_BYTES
 
 pytestmark = pytest.mark.anyio
 MiB = 1 << 20
@@ -204,3 +204,74 @@ async def test_access_lines_for_every_request_and_none_when_switched_off(caplog)
     async with serving(APP, HTTPOptions(access_log=False)) as port:
         await exchange(port, request("GET", "/live"))
     assert [(r.path, r.status) for r in caplog.records if r.name == "triserve.access"] == [("/live", 200)]
+
+
+# -- parsing in turns, on the protocol object itself (deterministic: no socket decides the chunks)
+class Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closing = False
+
+    def get_extra_info(self, name, default=None):
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def write(self, data) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def received_chunks(data: bytes) -> list[int]:
+    """The body chunks an app receives when the connection gets `data` in one read."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from triserve.protocols.transport.http import LimitedHttpTools
+
+    sizes: list[int] = []
+    done = asyncio.Event()
+
+    async def app(scope, receive, send) -> None:
+        more = True
+        while more:
+            message = await receive()
+            sizes.append(len(message.get("body", b"")))
+            more = message.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        done.set()
+
+    config = uvicorn.Config(app, lifespan="off", log_config=None)
+    protocol = LimitedHttpTools(config=config, server_state=ServerState(), app_state={},
+                                _loop=asyncio.get_running_loop(), limits=HTTPOptions())
+    protocol.connection_made(Transport())
+    protocol.data_received(data)
+    async with asyncio.timeout(60):
+        await done.wait()
+    return [size for size in sizes if size]
+
+
+async def test_a_body_of_known_length_is_parsed_in_one_turn_after_its_headers():
+    body = b"x" * MiB
+    sizes = await received_chunks(request("POST", "/length", body=body))
+    assert sum(sizes) == MiB
+    assert len(sizes) <= 2  # the first turn (headers, and the start of the body), then the rest at once
+
+
+async def test_a_chunked_body_is_parsed_a_bounded_slice_per_turn():
+    body = b"x" * MiB
+    head = b"POST /length HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+    sizes = await received_chunks(head + chunk(body) + b"0\r\n\r\n")
+    assert sum(sizes) == MiB
+    assert len(sizes) >= MiB // FEED_BYTES  # no length known up front: FEED_BYTES a turn

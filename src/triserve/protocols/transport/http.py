@@ -11,7 +11,9 @@ nobody reads any more (the answer went out first) is drained a little, then the 
 closed. A refused connection closes gracefully: the answer, then end-of-stream, then what the
 client still sends is dropped for a moment (closing at once would reset the connection, and
 most clients would lose the answer). Received bytes are parsed FEED_BYTES per turn of the event
-loop, so a flood of one-byte chunks (a Python call each) cannot hold the loop for long. The
+loop, so a flood of one-byte chunks (a Python call each) cannot hold the loop for long; the
+rest of a body whose Content-Length is known goes in one turn on top (the parser hands a body's
+bytes over in one call, however many), so a large tensor is not read in dozens of turns. The
 connection cap is uvicorn's `limit_concurrency` (503 beyond it).
 """
 
@@ -33,7 +35,7 @@ from triserve.protocols.transport.access import AccessLog
 
 T = TypeVar("T")
 DRAIN_BYTES = 1 << 20  # bytes read and dropped after an early answer before the connection is closed
-FEED_BYTES = 1 << 15  # bytes parsed per turn of the event loop
+FEED_BYTES = 1 << 15  # bytes parsed per turn of the event loop, besides the known rest of a body
 LINGER_SECONDS = 2.0  # how long a refused connection stays half-open, so that the client reads the answer
 BODY_MIN_RATE = 500  # bytes a second a slow body must keep up, past the body timeout (Apache's MinRate)
 
@@ -77,6 +79,8 @@ class LimitedHttpTools(HttpToolsProtocol):
         self._received = 0  # raw bytes received while in headers
         self._fields = 0
         self._size = 0  # request line and header fields, as parsed
+        self._content_length: int | None = None  # the request's Content-Length header, when it has one
+        self._body_left = 0  # bytes of the request's body still to parse, as its Content-Length says
         self._dropped = 0  # bytes that came after the answer
         self._lingering = False  # refused: only dropping what still comes, until closed
         self._backlog: collections.deque[memoryview] = collections.deque()  # received, not parsed yet
@@ -138,8 +142,9 @@ class LimitedHttpTools(HttpToolsProtocol):
     def _feed(self, data: memoryview) -> None:
         """Parse a turn's worth of `data`; the rest waits for the next turn of the event loop,
         socket reads paused meanwhile (a flood of one-byte chunks costs a Python call each)."""
-        self._parse(data[:FEED_BYTES])
-        rest = data[FEED_BYTES:]
+        turn = FEED_BYTES + (0 if self._in_headers else self._body_left)
+        self._parse(data[:turn])
+        rest = data[turn:]
         if rest and not self.transport.is_closing():
             self._backlog.appendleft(rest)
             self.transport.pause_reading()
@@ -172,6 +177,7 @@ class LimitedHttpTools(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._fields, self._size, self._dropped = 0, 0, 0
+        self._content_length, self._body_left = None, 0
 
     def on_url(self, url: bytes) -> None:
         self._size += len(url)
@@ -181,12 +187,15 @@ class LimitedHttpTools(HttpToolsProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._fields += 1
         self._size += len(name) + len(value) + 4
+        if name.lower() == b"content-length" and value.strip().isdigit():
+            self._content_length = int(value)  # the parser refuses a second, different one
         if self._fields <= self.limits.max_headers and self._size <= self.limits.max_header_size:
             super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._disarm()
         self._in_headers = False
+        self._body_left = self._content_length or 0
         if self._fields > self.limits.max_headers:
             refusal = f"too many header fields: {self._fields}, at most {self.limits.max_headers} (--http-max-headers)"
         elif self._size > self.limits.max_header_size:
@@ -212,6 +221,7 @@ class LimitedHttpTools(HttpToolsProtocol):
     # -- bodies nobody reads ---------------------------------------------------------------
     def on_body(self, body: bytes) -> None:
         self._body_deadline += len(body) / BODY_MIN_RATE
+        self._body_left = max(self._body_left - len(body), 0)
         if self.cycle is not None and self.cycle.response_complete:
             self._drop(len(body))  # answered already; the rest of this body is worth little reading
             return

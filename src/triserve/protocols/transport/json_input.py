@@ -40,6 +40,8 @@ def depth_exceeds(data: bytes | memoryview, limit: int = MAX_DEPTH) -> bool:
     """Whether the JSON text nests arrays and objects more than `limit` deep (brackets inside
     strings do not count). Exact for valid JSON; for invalid JSON either answer is harmless,
     the parser refuses it anyway."""
+    if isinstance(data, bytes) and data.count(b"[") + data.count(b"{") <= limit:
+        return False  # it cannot nest deeper than it has brackets (a binary request's header, mostly)
     view = memoryview(data).cast("B")
     depth = 0  # nesting at the start of the slice
     in_string = 0  # 1 when the slice starts inside a string
