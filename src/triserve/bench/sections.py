@@ -34,7 +34,7 @@ SHM_CONCURRENCY = 8
 ENSEMBLE_MODEL = "efficientnet_lite0_jpeg"  # export-examples' ensemble: Python preprocess, then the ONNX model
 ENSEMBLE_CONCURRENCY = 8
 ENSEMBLE_TOP_K = 5
-ROUNDS = 3  # shm and ensemble: each measurement in 3 interleaved rounds of --seconds / 3
+ROUNDS = 3  # sweep, shm and ensemble: each measurement in 3 interleaved rounds of --seconds / 3
 # Each section's aim, printed under the run's heading; its summary line says whether it was met.
 AIMS = {
     "grpc": f"gRPC p50 at concurrency {GRPC_CONCURRENCIES[0]} within {GRPC_AIM_MS:g} ms of raw onnxruntime",
@@ -270,12 +270,17 @@ def sweep_section(b: Bench) -> Table:
     layouts = {model.name: "default layout", wide: f"1 instance x {b.cores} threads"}
     table = Table(f"sweep: {model.name} over binary HTTP, concurrency {','.join(map(str, SWEEP_CONCURRENCIES))},"
                   " vs the best raw onnxruntime", [(top_raw, top_raw)])
-    results: dict[str, list[Result]] = {}
     with b.server("sweep", ["--model-repository", str(repo)], ("http",)) as ports:
         port = ports["http"]
+        measures: dict[tuple[str, int], Callable[[float], Result]] = {}
         for name, label in layouts.items():
             sender = HTTPSender(port, v2_binary_request(dataclasses.replace(model, name=name), port))
-            results[name] = [b.served(f"served {label}", sender, c) for c in SWEEP_CONCURRENCIES]
+            for c in SWEEP_CONCURRENCIES:
+                measures[name, c] = functools.partial(served, f"served {label}, concurrency {c}", sender, c)
+        # a drift of the machine's speed during the sweep would read as a drop: every point in every round
+        rounds = interleaved(measures, b.seconds)
+    results = {name: [median_of(rounds[name, c]) for c in SWEEP_CONCURRENCIES] for name in layouts}
+    table.notes.append(_rounds_note(ROUNDS))
     for name, label in layouts.items():
         table.rows += [(r, top_raw) for r in results[name]]
         top = best(results[name])
@@ -333,8 +338,8 @@ def openvino_section(b: Bench) -> Table:
     return table
 
 
-def interleaved(measures: dict[str, Callable[[float], Result]], seconds: float,
-                rounds: int = ROUNDS) -> dict[str, list[Result]]:
+def interleaved(measures: dict[Any, Callable[[float], Result]], seconds: float,
+                rounds: int = ROUNDS) -> dict[Any, list[Result]]:
     """Each measurement `rounds` times for `seconds / rounds`, one of each per round, the order
     rotated every round: a swing in a shared machine's load then falls on every row alike."""
     labels = list(measures)
