@@ -338,24 +338,3 @@ async def test_an_execution_with_requests_queued_behind_it_does_not_run_alone():
     assert await asyncio.gather(first, *rest) == [2.0, 4.0, 6.0]
     await scheduler.close()
     assert seen == [True, False, True]  # the second had the third waiting; the third had nothing behind it
-
-
-async def test_a_worker_takes_its_next_batch_without_the_event_loop():
-    scheduler, gate = make("")
-    tasks = [asyncio.ensure_future(submit(scheduler, v)) for v in (1, 2, 3)]
-    await settle()
-    ran_all = threading.Event()
-    gate.open(1, 2)
-
-    def watch() -> None:
-        while len(gate.batches) < 3:
-            threading.Event().wait(0.001)
-        ran_all.set()
-
-    threading.Thread(target=watch, daemon=True).start()
-    # The event loop is held here, blocked: the three executions still start, one after another.
-    assert ran_all.wait(60)
-    gate.open(3)
-    assert await asyncio.gather(*tasks) == [2.0, 4.0, 6.0]
-    await scheduler.close()
-    assert gate.batches == [[1.0], [2.0], [3.0]]
