@@ -281,27 +281,32 @@ async def test_a_named_signatures_request_runs_alone_with_its_own_outputs():
     assert calls == [(None, ["y"]), (None, ["y"]), ("triple", ["z"]), (None, ["y"])]
 
 
-async def quiet(scheduler: Scheduler, gate: Gate) -> None:
+class AloneGate(Gate):
+    """A Gate that records, for each execution, whether it ran alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alone: list[bool] = []
+
+    def __call__(self, inputs, outputs):
+        self.alone.append(EXECUTION.alone)
+        return super().__call__(inputs, outputs)
+
+
+async def quiet(scheduler: Scheduler, gate: AloneGate) -> None:
     """One execution that nothing overlaps: what ran before (other tests' executions) is forgotten."""
     gate.open(0)
     await submit(scheduler, 0)
     assert await gate.started() == [0]
     gate.batches.clear()
+    gate.alone.clear()
 
 
 async def test_an_execution_is_alone_only_while_no_other_runs_and_none_overlapped_the_last():
-    seen: list[bool] = []
-
-    class Recording(Gate):
-        def __call__(self, inputs, outputs):
-            seen.append(EXECUTION.alone)
-            return super().__call__(inputs, outputs)
-
-    gate = Recording()
+    gate = AloneGate()
     cfg = config("")
     scheduler = Scheduler("m", [gate] * 2, ["y"], BatchingPolicy.from_config(cfg, 8), ModelStats("m", 1))
     await quiet(scheduler, gate)
-    seen.clear()
     first = asyncio.ensure_future(submit(scheduler, 1))
     assert await gate.started() == [1]
     second = asyncio.ensure_future(submit(scheduler, 2))  # the other instance, while the first still runs
@@ -313,23 +318,15 @@ async def test_an_execution_is_alone_only_while_no_other_runs_and_none_overlappe
     fourth = await submit(scheduler, 4)  # the third had the machine to itself
     await scheduler.close()
     assert (third, fourth) == (6.0, 8.0)
-    assert seen == [True, False, False, True]
+    assert gate.alone == [True, False, False, True]
     assert IN_FLIGHT.count == 0 and EXECUTION.alone is False
 
 
 async def test_an_execution_with_requests_queued_behind_it_does_not_run_alone():
-    seen: list[bool] = []
-
-    class Recording(Gate):
-        def __call__(self, inputs, outputs):
-            seen.append(EXECUTION.alone)
-            return super().__call__(inputs, outputs)
-
-    gate = Recording()
+    gate = AloneGate()
     cfg = config("")
     scheduler = Scheduler("m", [gate], ["y"], BatchingPolicy.from_config(cfg, 8), ModelStats("m", 1))
     await quiet(scheduler, gate)
-    seen.clear()
     first = asyncio.ensure_future(submit(scheduler, 1))
     assert await gate.started() == [1]
     rest = [asyncio.ensure_future(submit(scheduler, v)) for v in (2, 3)]
@@ -337,4 +334,4 @@ async def test_an_execution_with_requests_queued_behind_it_does_not_run_alone():
     gate.open(1, 2, 3)
     assert await asyncio.gather(first, *rest) == [2.0, 4.0, 6.0]
     await scheduler.close()
-    assert seen == [True, False, True]  # the second had the third waiting; the third had nothing behind it
+    assert gate.alone == [True, False, True]  # the second had the third waiting; the third had nothing behind it

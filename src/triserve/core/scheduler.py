@@ -31,39 +31,34 @@ class _InFlight:
     """How many model executions run in this process now, every model's, from any thread: an
     execution that starts alone may use every core (EXECUTION.alone, InstanceSettings.wide_threads).
 
-    Alone means nothing else runs when it starts and nothing overlapped the execution that
-    ended last. With two requests in flight, each arriving while the other runs, the first rule
-    alone would widen every other execution and then run three threads on two cores; the second
-    keeps them narrow until an execution has the machine to itself again."""
+    Alone means nothing else runs when it starts and the last busy spell (from the count leaving
+    0 until it returned) never had two executions at once. With two requests in flight, each
+    arriving while the other runs, the first rule alone would widen every other execution and
+    then run three threads on two cores; the second keeps them narrow until an execution has had
+    the machine to itself again."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._running: dict[int, list[bool]] = {}  # each running execution's "overlapped" flag, by token
-        self._last_overlapped = False
-
-    @property
-    def count(self) -> int:
-        return len(self._running)
+        self.count = 0
+        self._overlapped = False  # the busy spell going on had two executions at once
+        self._last_overlapped = False  # ...the one that ended last did
 
     @contextlib.contextmanager
     def running(self, alone: bool = True) -> Iterator[None]:
         """An execution on this thread; `alone=False`: the caller knows more work is waiting
         for the cores, so it does not run alone either."""
-        overlapped = [False]
         with self._lock:
-            if self._running:
-                overlapped[0] = True
-                for other in self._running.values():
-                    other[0] = True
-            self._running[id(overlapped)] = overlapped
-            EXECUTION.alone = alone and not overlapped[0] and not self._last_overlapped
+            self.count += 1
+            self._overlapped |= self.count > 1
+            EXECUTION.alone = alone and self.count == 1 and not self._last_overlapped
         try:
             yield
         finally:
             EXECUTION.alone = False
             with self._lock:
-                del self._running[id(overlapped)]
-                self._last_overlapped = overlapped[0]
+                self.count -= 1
+                if self.count == 0:
+                    self._last_overlapped, self._overlapped = self._overlapped, False
 
 
 IN_FLIGHT = _InFlight()
