@@ -4,11 +4,14 @@ tmp_path); docs/ has the ones the README shows."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import os
 import shutil
+import threading
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable, TypeVar
 
 import httpx
 import numpy as np
@@ -23,6 +26,8 @@ from triserve.options import ServerOptions
 from triserve.protocols.kserve import rest
 
 pytestmark = pytest.mark.slow  # a browser process per test
+
+T = TypeVar("T")
 
 CAT = {"Egyptian cat", "tiger cat", "tabby"}
 TIMEOUT_MS = 60_000  # generous: a busy 2-core machine; every wait is for an event, not a duration
@@ -59,19 +64,86 @@ async def browser_page() -> AsyncIterator:
 
 
 @contextlib.asynccontextmanager
-async def console_server(tmp_path: Path, **kwargs) -> AsyncIterator[tuple[str, object]]:
-    """The v2 HTTP front end with the console, in this event loop, on a free port."""
-    async with triton_dataplane(console_repository(tmp_path / "repo"), **kwargs) as dataplane:
-        port = free_port()
-        console = Console(dataplane, {"http": port})
-        console.sampler.start()  # as server.py starts it
-        frontend = rest.frontend(dataplane, ServerOptions(), port, extra_routes=console.routes())
-        await frontend.start()
+async def on_own_loop(context: Callable[[], contextlib.AbstractAsyncContextManager[T]]) -> AsyncIterator[T]:
+    """Enter `context()` in an event loop of its own on another thread, as if in another process.
+    The server and the load run so, not in the test's loop: after each message from its driver,
+    Playwright waits for its loop's queue to run empty (up to 100 turns), so a server or clients
+    kept busy in that loop would hold back every browser action."""
+    started: concurrent.futures.Future = concurrent.futures.Future()
+    failed: list[BaseException] = []
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        async with context() as value:
+            started.set_result((value, asyncio.get_running_loop(), stop))
+            await stop.wait()
+
+    def run() -> None:
         try:
-            yield f"http://127.0.0.1:{port}", dataplane
+            asyncio.run(main())
+        except BaseException as e:
+            if not started.done():
+                started.set_exception(e)
+            else:
+                failed.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        value, loop, stop = await asyncio.wrap_future(started)
+        try:
+            yield value
         finally:
-            await frontend.stop()
-            await console.sampler.stop()
+            loop.call_soon_threadsafe(stop.set)
+    finally:
+        await asyncio.to_thread(thread.join)
+    if failed:
+        raise failed[0]
+
+
+def console_server(tmp_path: Path, **kwargs) -> contextlib.AbstractAsyncContextManager[str]:
+    """The v2 HTTP front end with the console on a free port: its URL."""
+
+    @contextlib.asynccontextmanager
+    async def serve() -> AsyncIterator[str]:
+        async with triton_dataplane(console_repository(tmp_path / "repo"), **kwargs) as dataplane:
+            port = free_port()
+            console = Console(dataplane, {"http": port})
+            console.sampler.start()  # as server.py starts it
+            frontend = rest.frontend(dataplane, ServerOptions(), port, extra_routes=console.routes())
+            await frontend.start()
+            try:
+                yield f"http://127.0.0.1:{port}"
+            finally:
+                await frontend.stop()
+                await console.sampler.stop()
+
+    return on_own_loop(serve)
+
+
+def clients(url: str, path: str, body: dict, count: int) -> contextlib.AbstractAsyncContextManager[list[int]]:
+    """`count` clients posting `body` to `path`, each its next request as soon as the last is
+    answered, until the context exits: the requests each one sent (every answer a 200)."""
+
+    @contextlib.asynccontextmanager
+    async def load() -> AsyncIterator[list[int]]:
+        sent = [0] * count
+        stop = asyncio.Event()
+
+        async def client_loop(client: httpx.AsyncClient, i: int) -> None:
+            while not stop.is_set():
+                assert (await client.post(path, json=body)).status_code == 200
+                sent[i] += 1
+
+        async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=count)) as client:
+            tasks = [asyncio.create_task(client_loop(client, i)) for i in range(count)]
+            try:
+                yield sent
+            finally:
+                stop.set()
+                await asyncio.gather(*tasks)
+
+    return on_own_loop(load)
 
 
 @pytest.mark.anyio
@@ -79,7 +151,7 @@ async def test_console_shows_models_traffic_and_controls_them(tmp_path):
     from playwright.async_api import expect
 
     names = ["colors", "doubler", "scores", "simple"]
-    async with console_server(tmp_path, control_mode="explicit", load_models=names) as (url, _):
+    async with console_server(tmp_path, control_mode="explicit", load_models=names) as url:
         async with browser_page() as (page, outside):
             await page.goto(url + "/")
             for name in names:
@@ -123,7 +195,7 @@ async def test_console_shows_models_traffic_and_controls_them(tmp_path):
 async def test_control_buttons_are_off_unless_explicit_mode(tmp_path):
     from playwright.async_api import expect
 
-    async with console_server(tmp_path) as (url, _):
+    async with console_server(tmp_path) as url:
         async with browser_page() as (page, _outside):
             await page.goto(url + "/#control")
             await expect(page.locator("#control-mode")).to_contain_text("Model control mode is none")
@@ -136,7 +208,7 @@ async def test_try_it_with_the_tiny_classifier(tmp_path):
 
     photo = tmp_path / "chelsea.jpg"
     photo.write_bytes(chelsea_jpeg())
-    async with console_server(tmp_path) as (url, _):
+    async with console_server(tmp_path) as url:
         async with browser_page() as (page, _outside):
             await page.goto(url + "/#try")
             await page.set_input_files("#photo", str(photo))
@@ -188,7 +260,7 @@ def top_label_pattern():
 async def test_docs_render_the_v2_api_in_swagger_ui(tmp_path):
     from playwright.async_api import expect
 
-    async with console_server(tmp_path) as (url, _):
+    async with console_server(tmp_path) as url:
         async with browser_page() as (page, outside):
             await page.goto(url + "/docs")
             await expect(page.locator(".info .title").first).to_contain_text("KServe v2 HTTP")
@@ -199,35 +271,20 @@ async def test_docs_render_the_v2_api_in_swagger_ui(tmp_path):
 
 @pytest.mark.anyio
 async def test_charts_keep_updating_under_16_concurrent_clients(tmp_path):
-    import asyncio
-
     from playwright.async_api import expect
 
-    async with console_server(tmp_path) as (url, _):
+    async with console_server(tmp_path) as url:
         async with browser_page() as (page, _outside):
             await page.goto(url + "/#traffic")
             counter = page.locator("#request-counter")
             await expect(counter).to_have_text("0")
-            stop = asyncio.Event()
             body = {"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 5], "data": [1, 2, 3, 4, 5]}]}
-
-            async def client_loop(client: httpx.AsyncClient) -> int:
-                sent = 0
-                while not stop.is_set():
-                    assert (await client.post("/v2/models/scores/infer", json=body)).status_code == 200
-                    sent += 1
-                return sent
-
-            async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=16)) as client:
-                clients = [asyncio.create_task(client_loop(client)) for _ in range(16)]
-                try:
-                    await expect(counter).not_to_have_text("0")
-                    first = await counter.text_content()
-                    await expect(counter).not_to_have_text(first)  # a later sample, while the load goes on
-                    second = await counter.text_content()
-                    await expect(counter).not_to_have_text(second)
-                    await page.screenshot(path=str(screenshots(tmp_path) / "console-traffic.png"))
-                finally:
-                    stop.set()
-                    sent = sum(await asyncio.gather(*clients))
+            async with clients(url, "/v2/models/scores/infer", body, 16) as sent_by_each:
+                await expect(counter).not_to_have_text("0")
+                first = await counter.text_content()
+                await expect(counter).not_to_have_text(first)  # a later sample, while the load goes on
+                second = await counter.text_content()
+                await expect(counter).not_to_have_text(second)
+                await page.screenshot(path=str(screenshots(tmp_path) / "console-traffic.png"))
+            sent = sum(sent_by_each)
             await expect(counter).to_have_text(str(sent))  # every request counted once the load stops

@@ -41,9 +41,10 @@ class Gate:
     def __call__(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         x = inputs["x"]
         values = x[:, 0].tolist()
-        self.batches.append(values)
         self._loop.call_soon_threadsafe(self._started.put_nowait, values)
         with self._condition:  # the timeout only bounds a test that failed before opening the gate
+            self.batches.append(values)
+            self._condition.notify_all()
             self._condition.wait_for(lambda: values[0] in self._opened, timeout=60)
         return {"y": x * 2}
 
@@ -52,6 +53,11 @@ class Gate:
         with self._condition:
             self._opened.update(values)
             self._condition.notify_all()
+
+    def wait_started(self, count: int) -> bool:
+        """Block this thread (the event loop's too, when called there) until `count` executions started."""
+        with self._condition:
+            return self._condition.wait_for(lambda: len(self.batches) >= count, timeout=60)
 
     async def started(self) -> list[float]:
         """The batch of the next execution to start."""
@@ -335,3 +341,17 @@ async def test_an_execution_with_requests_queued_behind_it_does_not_run_alone():
     assert await asyncio.gather(first, *rest) == [2.0, 4.0, 6.0]
     await scheduler.close()
     assert gate.alone == [True, False, True]  # the second had the third waiting; the third had nothing behind it
+
+
+async def test_a_worker_takes_its_next_batch_without_the_event_loop():
+    scheduler, gate = make("")
+    tasks = [asyncio.ensure_future(submit(scheduler, v)) for v in (1, 2, 3)]
+    await settle()
+    gate.open(1, 2)
+    # The event loop is held here, blocked on the gate: the three executions still start, one
+    # after another, on the instance's thread.
+    assert gate.wait_started(3)
+    gate.open(3)
+    assert await asyncio.gather(*tasks) == [2.0, 4.0, 6.0]
+    await scheduler.close()
+    assert gate.batches == [[1.0], [2.0], [3.0]]

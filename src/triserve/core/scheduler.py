@@ -1,7 +1,8 @@
 """Per-model scheduling: a priority queue with Triton's queue policies, feeding one worker per
 model instance; with `dynamic_batching`, a worker joins queued requests into one batch.
 
-Model execution runs on the instance's own thread; the event loop only moves requests.
+Workers run on execution threads and take their next batch there; the event loop only queues
+requests and hands results back.
 """
 
 from __future__ import annotations
@@ -210,6 +211,12 @@ class RequestQueue:
 
 
 class Scheduler:
+    """Requests queue here on the event loop; each instance's worker takes them on an execution
+    thread. A worker, once started, keeps taking batches until the queue is empty (under load
+    the next execution starts as the last one ends, without waiting for the event loop, which
+    on a busy machine can be late); only results travel back to the loop. The queue is shared
+    with the workers under one lock."""
+
     def __init__(
         self,
         model_name: str,
@@ -223,16 +230,20 @@ class Scheduler:
         self.policy = policy
         self.stats = stats
         self.queue = RequestQueue(policy.priority_levels)
-        self._available = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)  # a request was queued (a batch waiting to fill wakes)
+        self._idle_runners = list(reversed(runners))  # instances without a worker; popped from the end
+        self._filling = 0  # workers waiting for more requests to fill a batch (max_queue_delay)
         self._seq = 0
         self._order = ArrivalOrder()
-        self._workers = [asyncio.create_task(self._work(run)) for run in runners]
-        self._running = 0
+        self._running = 0  # batches taken and not yet answered
         self._closed = False
 
     @property
     def idle(self) -> bool:
-        return self._running == 0 and len(self.queue) == 0
+        with self._lock:
+            return self._running == 0 and len(self.queue) == 0
 
     async def submit(
         self, inputs: dict[str, np.ndarray], batch_size: int, priority: int = 0, timeout_us: int | None = None
@@ -250,22 +261,31 @@ class Scheduler:
         argument), instead of the config's tensors."""
         if self._closed:
             raise unavailable(f"model '{self.model_name}' is being unloaded")
-        loop = asyncio.get_running_loop()
         level = (priority if 1 <= priority <= self.policy.priority_levels else self.policy.default_level) - 1
         policy = self.policy.policies[level]
-        if policy.max_queue_size and len(self.queue.levels[level]) >= policy.max_queue_size:
-            self.stats.record_failure(0)
-            raise QueueFull(f"inference request for model '{self.model_name}' exceeds maximum queue size")
-        p = Pending(inputs, batch_size, loop.create_future(), time.monotonic_ns(), level, self._seq)
+        p = Pending(inputs, batch_size, self._loop.create_future(), time.monotonic_ns(), level, self._seq)
         p.signature, p.outputs = signature, outputs
-        self._seq += 1
         timeout = policy.timeout_us(timeout_us)
         if timeout:
-            p.timer = loop.call_later(timeout / 1e6, self._expire, p, policy.reject_on_timeout)
-            p.deadline = time.monotonic() + timeout / 1e6
-        self.queue.levels[level].append(p)
+            p.deadline = time.monotonic() + timeout / 1e6  # before a worker can take it
+        with self._lock:
+            if policy.max_queue_size and len(self.queue.levels[level]) >= policy.max_queue_size:
+                full = True
+            else:
+                full = False
+                self.queue.levels[level].append(p)
+                self._arrived.notify()
+                # a batch waiting to fill takes it; else an instance without a worker starts one
+                start = self._idle_runners.pop() if self._idle_runners and not self._filling else None
+        if full:
+            self.stats.record_failure(0)
+            raise QueueFull(f"inference request for model '{self.model_name}' exceeds maximum queue size")
+        self._seq += 1
+        if timeout:  # its answer comes on this loop, after this returns: the timer is there to cancel
+            p.timer = self._loop.call_later(timeout / 1e6, self._expire, p, policy.reject_on_timeout)
         self.stats.pending += 1
-        self._available.set()
+        if start is not None:
+            EXECUTION_THREADS.submit(self._drain, start)
         return p
 
     async def wait(self, p: Pending) -> dict[str, np.ndarray]:
@@ -273,21 +293,26 @@ class Scheduler:
             return await p.future
         except asyncio.CancelledError:
             # The client went away: a request still queued is dropped, never run.
-            if p.queued:
-                p.queued = False
+            if self._unqueue(p):
                 self._finish(p)
             raise
 
+    def _unqueue(self, p: Pending) -> bool:
+        """Take `p` out of the queue if no worker has taken it yet."""
+        with self._lock:
+            queued, p.queued = p.queued, False
+        return queued
+
     def _expire(self, p: Pending, reject: bool) -> None:
-        if not p.queued:
-            return
         if reject:
-            p.queued = False
-            p.result = unavailable("Request timeout expired")
-            self.stats.record_failure(time.monotonic_ns() - p.enqueued_ns)
-            self._finish(p)
+            if self._unqueue(p):
+                p.result = unavailable("Request timeout expired")
+                self.stats.record_failure(time.monotonic_ns() - p.enqueued_ns)
+                self._finish(p)
         else:
-            self.queue.delay(p)
+            with self._lock:
+                if p.queued:
+                    self.queue.delay(p)
 
     def _done(self, p: Pending) -> None:
         """Bookkeeping for a request that leaves the scheduler."""
@@ -303,18 +328,18 @@ class Scheduler:
         else:
             resolve(p)
 
-    async def _next_batch(self) -> list[Pending]:
-        while True:
-            first = self.queue.pop()
-            if first is not None:
-                break
-            self._available.clear()
-            await self._available.wait()
+    # -- on the execution threads ------------------------------------------------------------
+    def _take(self) -> list[Pending]:
+        """The next batch (empty when nothing is queued), with the lock held. Batches grow to the
+        largest preferred size (or the limit) while requests are queued, waiting up to
+        max_queue_delay for more when the queue runs dry first."""
+        first = self.queue.pop()
+        if first is None:
+            return []
+        self._running += 1
         batch = [first]
         if not self.policy.dynamic or first.signature is not None:
             return batch
-        # Batches grow to the largest preferred size (or the limit) while requests are queued,
-        # waiting up to max_queue_delay for more when the queue runs dry first.
         limit = max(self.policy.preferred, default=self.policy.max_batch_size)
         size = first.batch_size
         shapes = {k: v.shape[1:] for k, v in first.inputs.items()}
@@ -323,49 +348,62 @@ class Scheduler:
             nxt = self.queue.peek()
             if nxt is None:
                 remaining = deadline - time.monotonic_ns()
-                if remaining <= 0:
+                if remaining <= 0 or self._closed:
                     break
-                self._available.clear()
+                self._filling += 1
                 try:
-                    await asyncio.wait_for(self._available.wait(), remaining / 1e9)
-                except TimeoutError:
-                    break
+                    self._arrived.wait(remaining / 1e9)
+                finally:
+                    self._filling -= 1
                 continue
             if size + nxt.batch_size > limit or nxt.signature is not None or {k: v.shape[1:] for k, v in nxt.inputs.items()} != shapes:
                 break
-            batch.append(self.queue.pop())
+            batch.append(self.queue.pop())  # type: ignore[arg-type]
             size += nxt.batch_size
         return batch
 
-    async def _work(self, run: RunFn) -> None:
-        loop = asyncio.get_running_loop()
+    def _drain(self, run: RunFn) -> None:
+        """One instance's worker: batches until the queue is empty, then the instance waits for
+        enqueue() to start it again."""
         while True:
-            batch = await self._next_batch()
-            waiting = len(self.queue) > 0
-            if waiting:
-                self._available.set()  # let an idle worker take what is left
+            with self._lock:
+                batch = self._take()
+                if not batch:
+                    self._idle_runners.append(run)
+                    return
+                waiting = len(self.queue) > 0
+                # what is left goes to an instance without a worker
+                helper = self._idle_runners.pop() if waiting and self._idle_runners else None
+            if helper is not None:
+                EXECUTION_THREADS.submit(self._drain, helper)
             start = time.monotonic_ns()
-            self._running += 1
+            outcome: tuple[int, int, int] | BaseException
             try:
-                timings = await loop.run_in_executor(EXECUTION_THREADS, self._execute, run, batch, waiting)
+                outcome = self._execute(run, batch, waiting)
             except BaseException as e:  # the worker must survive anything a backend does
-                error = e if isinstance(e, ServerError) else internal(f"model execution failed: {e}")
-                end = time.monotonic_ns()
-                for p in batch:
-                    p.result = error
-                    self.stats.record_failure(end - p.enqueued_ns)
-                    self._finish(p)
-                if isinstance(e, asyncio.CancelledError):
-                    raise
-                continue
-            finally:
-                self._running -= 1
-            input_ns, infer_ns, output_ns = timings
-            end = time.monotonic_ns()
-            self.stats.record_execution(sum(p.batch_size for p in batch) or 1, input_ns, infer_ns, output_ns)
+                outcome = e
+            try:
+                self._loop.call_soon_threadsafe(self._answer, batch, start, outcome)
+            except RuntimeError:  # the event loop is closed: nobody is left to answer
+                return
+
+    def _answer(self, batch: list[Pending], start: int, outcome: tuple[int, int, int] | BaseException) -> None:
+        """On the event loop: a batch's statistics, and its results to their waiters."""
+        with self._lock:
+            self._running -= 1
+        end = time.monotonic_ns()
+        if isinstance(outcome, BaseException):
+            error = outcome if isinstance(outcome, ServerError) else internal(f"model execution failed: {outcome}")
             for p in batch:
-                self.stats.record_success(end - p.enqueued_ns, start - p.enqueued_ns, input_ns, infer_ns, output_ns)
+                p.result = error
+                self.stats.record_failure(end - p.enqueued_ns)
                 self._finish(p)
+            return
+        input_ns, infer_ns, output_ns = outcome
+        self.stats.record_execution(sum(p.batch_size for p in batch) or 1, input_ns, infer_ns, output_ns)
+        for p in batch:
+            self.stats.record_success(end - p.enqueued_ns, start - p.enqueued_ns, input_ns, infer_ns, output_ns)
+            self._finish(p)
 
     def _execute(self, run: RunFn, batch: list[Pending], waiting: bool = False) -> tuple[int, int, int]:
         """On the instance thread: join, run, split. Results land in each Pending. `waiting`:
@@ -401,11 +439,10 @@ class Scheduler:
         return t1 - t0, t2 - t1, t3 - t2
 
     async def close(self) -> None:
-        """Finish the queue, then stop the workers and their threads."""
+        """Finish the queue; the workers end with it."""
         await asyncio.sleep(0)  # let requests already handed this version reach the queue
         while not self.idle:
             await asyncio.sleep(0.005)
-        self._closed = True
-        for w in self._workers:
-            w.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        with self._lock:
+            self._closed = True
+            self._arrived.notify_all()
