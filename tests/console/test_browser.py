@@ -219,8 +219,6 @@ async def test_try_it_with_the_tiny_classifier(tmp_path):
 
 def test_try_it_chelsea_is_a_cat_for_every_example_classifier(start_server, example_repo, tmp_path):
     """The exported examples (real ImageNet weights) in a `triserve serve` process."""
-    import asyncio
-
     server = start_server("--model-repository", example_repo)
     url = f"http://127.0.0.1:{server.ports['http']}"
     photo = tmp_path / "chelsea.jpg"
