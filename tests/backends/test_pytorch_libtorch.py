@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -196,10 +197,102 @@ def test_broken_models_are_unavailable_with_a_reason(client):
         infer(client, "corrupt", {"a": A})
 
 
-def test_thread_pools_are_set_once_for_the_process(torch_server):
-    # Two CPU instances per model share the cores: one intra-op thread each on two cores.
-    intra = max(1, cpu_count() // 2)
-    assert f"torch: {intra} intra-op thread(s), 1 inter-op thread(s) for the whole process" in torch_server.log()
+def test_the_inter_op_pool_is_set_once_for_the_process(torch_server):
+    assert "torch: 1 inter-op thread(s) for the whole process" in torch_server.log()
+
+
+# -- threads: which thread computes, on how many intra-op threads ------------------------------
+
+class Where:
+    """Stands in for a loaded module: records the thread each forward() runs on and torch's
+    intra-op thread count there, then runs the real module."""
+
+    def __init__(self, module: torch.jit.ScriptModule) -> None:
+        self.module = module
+        self.calls: list[tuple[str, int]] = []
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        self.calls.append((threading.current_thread().name, torch.get_num_threads()))
+        return self.module(*args)
+
+
+def _counts_model(tmp_path: Path, settings, extra: str = ""):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from triserve.backends import pytorch_libtorch as backend
+
+    torch.jit.script(Counts()).save(str(tmp_path / "model.pt"))
+    config = text_format.Parse(
+        'name: "counts" platform: "pytorch_libtorch" max_batch_size: 4'
+        ' input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]'
+        f' output [ {{ name: "y" data_type: TYPE_INT64 dims: [ 1 ] }} ] {extra}', mc.ModelConfig())
+    model = backend.load(config, tmp_path / "model.pt", settings)
+    model.module = Where(model.module)
+    return model
+
+
+def _run_on_a_thread_of_its_own(model, alone: bool = False) -> tuple[str, int]:
+    """One execution as the scheduler makes it: on an execution thread, alone or not."""
+    from triserve.backends import EXECUTION
+
+    def execute() -> None:
+        EXECUTION.alone = alone
+        np.testing.assert_array_equal(model.run({"x": A}, ["y"])["y"], [[4]])
+
+    thread = threading.Thread(target=execute, name="execution")
+    thread.start()
+    thread.join()
+    return model.module.calls[-1]
+
+
+def test_a_single_threaded_instance_computes_on_the_execution_thread(tmp_path):
+    from triserve.backends import InstanceSettings
+
+    model = _counts_model(tmp_path, InstanceSettings(threads=1))
+    assert _run_on_a_thread_of_its_own(model) == ("execution", 1)
+
+
+def test_instances_on_several_threads_hand_their_work_to_the_process_threads_kept_for_that_count(tmp_path):
+    # libgomp keeps a team of workers for every thread that ever computed on several threads:
+    # the execution threads must not become such threads, or the teams outnumber the cores.
+    from triserve.backends import InstanceSettings
+
+    first = _counts_model(tmp_path, InstanceSettings(threads=2))
+    second = _counts_model(tmp_path, InstanceSettings(threads=2))
+    places = {_run_on_a_thread_of_its_own(model) for model in (first, second, first)}
+    assert {count for _, count in places} == {2}
+    assert all(name.startswith("torch-2-threads") for name, _ in places)
+    assert len({name for name, _ in places}) <= max(1, cpu_count() // 2)
+
+
+def test_an_execution_that_runs_alone_uses_every_core(tmp_path):
+    from triserve.backends import InstanceSettings
+
+    model = _counts_model(tmp_path, InstanceSettings(threads=1, wide_threads=4))
+    name, count = _run_on_a_thread_of_its_own(model, alone=True)
+    assert name.startswith("torch-4-threads") and count == 4
+    assert _run_on_a_thread_of_its_own(model, alone=False) == ("execution", 1)
+
+
+def test_threads_torch_work_reaches_unasked_compute_on_one_thread(tmp_path):
+    from triserve.backends import InstanceSettings
+
+    model = _counts_model(tmp_path, InstanceSettings(threads=2))
+    _run_on_a_thread_of_its_own(model)
+    counts: list[int] = []
+    unasked = threading.Thread(target=lambda: counts.append(torch.get_num_threads()))
+    unasked.start()
+    unasked.join()
+    assert counts == [1]
+
+
+def test_an_explicit_intra_op_thread_count_holds_when_alone_too(tmp_path):
+    from triserve.backends import InstanceSettings
+
+    extra = 'parameters { key: "INTRA_OP_THREAD_COUNT" value { string_value: "1" } }'
+    model = _counts_model(tmp_path, InstanceSettings(threads=2, wide_threads=4), extra)
+    assert _run_on_a_thread_of_its_own(model, alone=True) == ("execution", 1)
 
 
 # -- strings: List[str] in and out, as Triton's pytorch backend binds TYPE_STRING ---------------

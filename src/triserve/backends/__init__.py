@@ -104,30 +104,34 @@ def count_parameter(config: mc.ModelConfig, key: str, default: int) -> int:
 
 
 class ProcessThreads:
-    """A framework's intra-op and inter-op thread pools, which are process-wide: the first model to
-    load sets them and later models keep them (a model asking for other counts gets a warning).
+    """A framework's process-wide thread pools (by default its intra-op and inter-op pools): the
+    first model to load sets them and later models keep them (a model asking for other counts
+    gets a warning).
 
-    `apply(intra, inter)` sets the framework's pools and returns the counts it really has (a
+    `apply(*counts)` sets the framework's pools and returns the counts it really has (a
     framework that already started may keep its own)."""
 
-    def __init__(self, framework: str, first: str, apply: Callable[[int, int], tuple[int, int]]) -> None:
+    def __init__(self, framework: str, first: str, apply: Callable[..., tuple[int, ...]],
+                 pools: tuple[str, ...] = ("intra-op", "inter-op")) -> None:
         self.framework = framework  # "torch", for the log lines
         self.first = first  # what sets them, for the warning: "TorchScript model"
+        self.pools = pools  # their names, for the log lines
         self._apply = apply
         self._lock = threading.Lock()
-        self.counts: tuple[int, int] | None = None  # (intra, inter) once set
+        self.counts: tuple[int, ...] | None = None  # one per pool, once set
 
-    def request(self, model: str, intra: int, inter: int) -> None:
+    def request(self, model: str, *counts: int) -> None:
         with self._lock:
             if self.counts is None:
-                self.counts = self._apply(intra, inter)
-                log.info("%s: %d intra-op thread(s), %d inter-op thread(s) for the whole process",
-                         self.framework, *self.counts)
-            elif self.counts != (intra, inter):
+                self.counts = self._apply(*counts)
+                log.info("%s: %s for the whole process", self.framework,
+                         ", ".join(f"{n} {pool} thread(s)" for n, pool in zip(self.counts, self.pools)))
+            elif self.counts != counts:
                 log.warning(
-                    "model '%s' asks for %d intra-op / %d inter-op %s threads, but %s's thread pools are"
-                    " process-wide and already set to %d / %d by the first %s; keeping those",
-                    model, intra, inter, self.framework, self.framework, *self.counts, self.first,
+                    "model '%s' asks for %s %s threads, but %s's thread pools are process-wide and"
+                    " already set to %s by the first %s; keeping those",
+                    model, " / ".join(f"{n} {pool}" for n, pool in zip(counts, self.pools)), self.framework,
+                    self.framework, " / ".join(map(str, self.counts)), self.first,
                 )
 
 

@@ -15,26 +15,37 @@ a batching model's string tensor has no other dims, or a `reshape` to none). Eac
 reaches the model as UTF-8 text (TorchScript strings from Python are text); bytes that are not
 UTF-8 are refused. String outputs come back as bytes.
 
-Threads: torch's intra-op and inter-op pools are process-wide. The first TorchScript model loaded
-sets them, from config `parameters` INTRA_OP_THREAD_COUNT / INTER_OP_THREAD_COUNT (as in Triton)
-or else to the instance's share of the cores and one inter-op thread; a later model asking for
-other counts gets a warning. Instances run on their own threads and forward() releases the GIL,
-so two single-threaded instances use two cores.
+Threads: each instance computes with its share of the cores (config `parameters`
+INTRA_OP_THREAD_COUNT, as in Triton), and without that parameter an execution that runs alone
+(EXECUTION.alone) uses every core. forward() releases the GIL, so two single-threaded instances
+use two cores. torch's intra-op threads are OpenMP's (libgomp), which keeps a team of workers for
+every thread that ever ran torch on more than one thread, for as long as that thread lives; once
+the workers of all teams outnumber the cores, libgomp stops spinning between parallel regions and
+each of the model's few hundred regions waits for a wake-up (EfficientNet-Lite0 on 2 threads: 38
+ms a run instead of 17). So work on n > 1 threads runs only on the process's threads kept for n,
+at most cores / n of them (their teams then fit the cores), to which the instances and the
+executions that run alone hand it; everything else, the load-time runs too, runs on one thread.
+On 2 cores that is one thread for all two-threaded work: a second multi-threaded instance would
+only have competed for the same cores. The inter-op pool is process-wide: the first TorchScript
+model sets it (INTER_OP_THREAD_COUNT, else 1) and a later model asking for another count gets a
+warning.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from tritonclient.grpc import model_config_pb2 as mc
 
 from triserve import datatypes
-from triserve.backends import InstanceSettings, ProcessThreads, count_parameter
+from triserve.backends import EXECUTION, InstanceSettings, ProcessThreads, count_parameter, cpu_count
 from triserve.errors import ServerError, internal, invalid
 
 log = logging.getLogger("triserve")
@@ -95,22 +106,55 @@ def _device(config: mc.ModelConfig, settings: InstanceSettings) -> torch.device:
 
 
 # -- threads ------------------------------------------------------------------------------
-def _apply_threads(intra: int, inter: int) -> tuple[int, int]:
-    torch.set_num_threads(intra)
+def _use_threads(count: int) -> None:
+    """torch's intra-op thread count on the calling thread. torch keeps one per thread, but
+    set_num_threads also sets the default that threads without one take, which stays 1: a thread
+    that torch work reaches unasked (a handler's own preprocessing, say) starts no team."""
+    if torch.get_num_threads() != count:  # (first gives this thread the default, once)
+        torch.set_num_threads(count)
+        if count != 1:
+            default = threading.Thread(target=torch.set_num_threads, args=(1,))
+            default.start()
+            default.join()
+
+
+class _Workers:
+    """The process's threads for torch work on `threads` intra-op threads: at most cores / threads
+    of them, so that libgomp's teams fit the cores (see the module's doc). They outlive models."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self._executor = ThreadPoolExecutor(max_workers=max(1, cpu_count() // threads),
+                                            thread_name_prefix=f"torch-{threads}-threads")
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self._executor.submit(self._run, fn, args).result()
+
+    def _run(self, fn: Callable[..., Any], args: tuple) -> Any:
+        _use_threads(self.threads)
+        return fn(*args)
+
+
+_workers: dict[int, _Workers] = {}
+_workers_lock = threading.Lock()
+
+
+def _workers_for(threads: int) -> _Workers:
+    with _workers_lock:
+        if threads not in _workers:
+            _workers[threads] = _Workers(threads)
+        return _workers[threads]
+
+
+def _apply_interop(inter: int) -> tuple[int]:
     try:
         torch.set_num_interop_threads(inter)
     except RuntimeError:  # the pool already started (torch was used before): keep it
         inter = torch.get_num_interop_threads()
-    return intra, inter
+    return (inter,)
 
 
-_threads = ProcessThreads("torch", "TorchScript model", _apply_threads)
-
-
-def _set_threads(config: mc.ModelConfig, settings: InstanceSettings) -> None:
-    intra = count_parameter(config, "INTRA_OP_THREAD_COUNT", settings.threads)
-    inter = count_parameter(config, "INTER_OP_THREAD_COUNT", 1)
-    _threads.request(config.name, intra, inter)
+_interop = ProcessThreads("torch", "TorchScript model", _apply_interop, ("inter-op",))
 
 
 # -- binding ------------------------------------------------------------------------------
@@ -233,7 +277,10 @@ class TorchModel:
     def __init__(self, config: mc.ModelConfig, model_file: Path, settings: InstanceSettings) -> None:
         self.name = config.name
         self.device = _device(config, settings)
-        _set_threads(config, settings)
+        _interop.request(config.name, count_parameter(config, "INTER_OP_THREAD_COUNT", 1))
+        threads = count_parameter(config, "INTRA_OP_THREAD_COUNT", settings.threads)
+        explicit = any(name.lower() == "intra_op_thread_count" for name in config.parameters)
+        _use_threads(1)  # this thread only loads and warms up
         self.module = _open(model_file, self.device)
         self.batching = config.max_batch_size > 0
         self.input_order, self.dict_input = _input_binding(config, self.module)
@@ -251,6 +298,9 @@ class TorchModel:
         self.string_inputs = {t.name for t in config.input if t.data_type == mc.TYPE_STRING}
         returns = self.module.forward.schema.returns
         self.single_list = len(returns) == 1 and _is_string_list(returns[0].type)
+        cpu = self.device.type == "cpu"
+        self.workers = _workers_for(threads) if threads > 1 and cpu else None
+        self.wide = _workers_for(settings.wide_threads) if cpu and not explicit and settings.wide_threads > threads else None
         self._warm_up(config)
 
     def _warm_up(self, config: mc.ModelConfig) -> None:
@@ -267,6 +317,13 @@ class TorchModel:
             raise invalid(f"unable to load model '{config.name}': a test run on zeros failed: {message}") from None
 
     def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        workers = self.wide if self.wide is not None and EXECUTION.alone else self.workers
+        if workers is not None:
+            return workers.call(self._run, inputs, outputs)
+        _use_threads(1)
+        return self._run(inputs, outputs)
+
+    def _run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         # Arrays from the wire are read-only; a model may write into its inputs, so those are copied.
         tensors = {
             name: _text_list(name, a) if name in self.string_inputs
@@ -341,6 +398,7 @@ def _zeros(config: mc.ModelConfig) -> dict[str, np.ndarray] | None:
 
 
 def autocomplete(config: mc.ModelConfig, model_file: Path) -> None:
+    _use_threads(1)
     module = _open(model_file, torch.device("cpu"))
     if not config.input:
         raise invalid(

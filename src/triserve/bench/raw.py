@@ -42,15 +42,16 @@ def _onnx_runners(model_file: Path, count: int, threads: int) -> list[Runner]:
 def _torch_runners(model_file: Path, count: int, threads: int) -> list[Runner]:
     import torch
 
-    # Process-wide pools, set as the server's pytorch backend sets them; inter-op only before first use.
-    torch.set_num_threads(threads)
-    with contextlib.suppress(RuntimeError):
+    with contextlib.suppress(RuntimeError):  # process-wide, and only before first use
         torch.set_num_interop_threads(1)
+    torch.set_num_threads(1)  # loading on this thread: no OpenMP team is left behind here
 
     def runner() -> Runner:
         module = torch.jit.load(str(model_file), map_location="cpu").eval()
 
         def run(x: np.ndarray) -> np.ndarray:
+            if torch.get_num_threads() != threads:  # each calling thread has its own count
+                torch.set_num_threads(threads)
             with torch.inference_mode():
                 out = module(torch.from_numpy(x))
             return (out[0] if isinstance(out, (tuple, list)) else out).numpy()
@@ -107,22 +108,38 @@ def open_runners(platform: str, model_file: Path, count: int, threads: int) -> l
 
 def measure_raw(label: str, calls: list[Callable[[], Any]], images_per_call: int, seconds: float) -> Result:
     """Each call in its own thread, back to back, for `seconds` and until MIN_COMPLETED calls
-    completed (after a few warm-up calls)."""
-    for call in calls:
-        for _ in range(3):  # the first runs compile and profile (TorchScript, TF functions)
-            call()
+    completed (after a few warm-up calls on the same thread: torch keeps its thread counts, and
+    OpenMP its worker teams, per calling thread)."""
     latencies: list[list[float]] = [[] for _ in calls]
-    stop = time.perf_counter() + seconds
+    window: dict[str, float] = {}
+
+    def begin() -> None:  # once every thread has warmed up
+        window["start"] = time.perf_counter()
+        window["stop"] = window["start"] + seconds
+
+    warmed = threading.Barrier(len(calls), action=begin)
+
+    failures: list[BaseException] = []
 
     def loop(call: Callable[[], Any], out: list[float]) -> None:
-        while (t := time.perf_counter()) < stop or sum(map(len, latencies)) < MIN_COMPLETED:
-            call()
-            out.append(time.perf_counter() - t)
+        try:
+            for _ in range(3):  # the first runs compile and profile (TorchScript, TF functions)
+                call()
+            warmed.wait()
+            while (t := time.perf_counter()) < window["stop"] or sum(map(len, latencies)) < MIN_COMPLETED:
+                call()
+                out.append(time.perf_counter() - t)
+        except threading.BrokenBarrierError:  # another call failed
+            pass
+        except BaseException as e:
+            failures.append(e)
+            warmed.abort()
 
-    start = time.perf_counter()
     workers = [threading.Thread(target=loop, args=pair) for pair in zip(calls, latencies)]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    return result(label, [v for per in latencies for v in per], time.perf_counter() - start, images_per_call)
+    if failures:
+        raise failures[0]
+    return result(label, [v for per in latencies for v in per], time.perf_counter() - window["start"], images_per_call)
