@@ -5,7 +5,7 @@ sharing the machine's cores between them. On 2 cores that is two single-threaded
 which measured faster than one two-threaded instance for EfficientNet-Lite0 (224 vs 181
 images/s with onnxruntime). An execution that starts while no other runs in the process may
 use every core (`wide_threads`; the ONNX Runtime and OpenVINO backends keep a second session or
-compiled model for it), so
+compiled model for it, the TorchScript backend hands it to a thread computing on every core), so
 one request in flight does not leave cores idle.
 """
 
