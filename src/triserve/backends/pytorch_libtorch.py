@@ -146,6 +146,15 @@ def _workers_for(threads: int) -> _Workers:
         return _workers[threads]
 
 
+def call_with_threads(threads: int, fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) computing on `threads` torch intra-op threads: on the process's threads kept for
+    that count when more than one, else on the calling thread."""
+    if threads > 1:
+        return _workers_for(threads).call(fn, *args)
+    _use_threads(1)
+    return fn(*args)
+
+
 def _apply_interop(inter: int) -> tuple[int]:
     try:
         torch.set_num_interop_threads(inter)
@@ -299,8 +308,8 @@ class TorchModel:
         returns = self.module.forward.schema.returns
         self.single_list = len(returns) == 1 and _is_string_list(returns[0].type)
         cpu = self.device.type == "cpu"
-        self.workers = _workers_for(threads) if threads > 1 and cpu else None
-        self.wide = _workers_for(settings.wide_threads) if cpu and not explicit and settings.wide_threads > threads else None
+        self.threads = threads if cpu else 1
+        self.wide_threads = settings.wide_threads if cpu and not explicit and settings.wide_threads > threads else 0
         self._warm_up(config)
 
     def _warm_up(self, config: mc.ModelConfig) -> None:
@@ -317,11 +326,8 @@ class TorchModel:
             raise invalid(f"unable to load model '{config.name}': a test run on zeros failed: {message}") from None
 
     def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        workers = self.wide if self.wide is not None and EXECUTION.alone else self.workers
-        if workers is not None:
-            return workers.call(self._run, inputs, outputs)
-        _use_threads(1)
-        return self._run(inputs, outputs)
+        threads = self.wide_threads if self.wide_threads and EXECUTION.alone else self.threads
+        return call_with_threads(threads, self._run, inputs, outputs)
 
     def _run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         # Arrays from the wire are read-only; a model may write into its inputs, so those are copied.
