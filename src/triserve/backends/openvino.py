@@ -194,11 +194,32 @@ class Compiled:
     def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         feed = {self.inputs[name]: np.ascontiguousarray(array) for name, array in inputs.items()}
         with self.lock:
-            try:
-                results = self.request.infer(feed)
-                return {name: np.array(results[self.outputs[name]]) for name in outputs}
-            except Exception as e:
-                raise internal(f"OpenVINO failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            if not _first_call.done:
+                with _first_call.lock:
+                    results = self._infer(feed, outputs)
+                    _first_call.done = True
+                    return results
+            return self._infer(feed, outputs)
+
+    def _infer(self, feed: dict, outputs: list[str]) -> dict[str, np.ndarray]:
+        try:
+            results = self.request.infer(feed)
+            return {name: np.array(results[self.outputs[name]]) for name in outputs}
+        except Exception as e:
+            raise internal(f"OpenVINO failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+class _FirstCall:
+    """The process's first infer() runs alone: OpenVINO's Python binding sets up its numpy bridge
+    then, and two threads doing that at once deadlocked (one waiting for the GIL inside a C++
+    static's initialisation, the other holding the GIL at that static's guard)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.done = False
+
+
+_first_call = _FirstCall()
 
 
 class OpenVINOModel:

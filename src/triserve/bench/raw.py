@@ -120,11 +120,14 @@ def measure_raw(label: str, calls: list[Callable[[], Any]], images_per_call: int
     warmed = threading.Barrier(len(calls), action=begin)
 
     failures: list[BaseException] = []
+    warming = threading.Lock()  # one thread at a time: first calls from two threads at once can
+    # deadlock a framework's Python binding (OpenVINO's, initialising its numpy bridge)
 
     def loop(call: Callable[[], Any], out: list[float]) -> None:
         try:
-            for _ in range(3):  # the first runs compile and profile (TorchScript, TF functions)
-                call()
+            with warming:
+                for _ in range(3):  # the first runs compile and profile (TorchScript, TF functions)
+                    call()
             warmed.wait()
             while (t := time.perf_counter()) < window["stop"] or sum(map(len, latencies)) < MIN_COMPLETED:
                 call()
