@@ -355,3 +355,19 @@ async def test_a_worker_takes_its_next_batch_without_the_event_loop():
     assert await asyncio.gather(*tasks) == [2.0, 4.0, 6.0]
     await scheduler.close()
     assert gate.batches == [[1.0], [2.0], [3.0]]
+
+
+async def test_a_traced_request_gets_its_compute_times_though_a_worker_runs_it_at_once():
+    from triserve.core.trace import Trace
+
+    scheduler, gate = make("")
+    gate.open(1)
+    trace = Trace(1)
+    pending = scheduler.enqueue(x(1), 1, trace=trace)
+    # The event loop is held here: the instance's worker runs the request on its own thread
+    # before anything else happens on the loop.
+    assert gate.wait_started(1)
+    await scheduler.wait(pending)
+    await scheduler.close()
+    assert [name for name, _ in trace.timestamps] == ["COMPUTE_START", "COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START",
+                                                       "COMPUTE_END"]

@@ -153,11 +153,13 @@ class Model:
             pending = self.scheduler.enqueue(
                 inputs, batch_size, request.sequence_id, request.sequence_start, request.sequence_end, request.timeout_us
             )
+            if request.trace is not None:
+                pending.trace = request.trace  # the sequence batcher stamps its compute times
         else:
-            pending = self.scheduler.enqueue(inputs, batch_size, request.priority, request.timeout_us)
+            pending = self.scheduler.enqueue(inputs, batch_size, request.priority, request.timeout_us,
+                                             trace=request.trace)
         if request.trace is not None:
             request.trace.stamp("QUEUE_START", pending.enqueued_ns)
-            pending.trace = request.trace  # the scheduler stamps its compute times
             if request.trace.tensors and not isinstance(self.scheduler, SequenceBatcher):
                 # Triton's dynamic batcher (and ensemble scheduler) report the queued inputs;
                 # its sequence batcher does not (core src/dynamic_batch_scheduler.cc Enqueue).

@@ -253,18 +253,19 @@ class Scheduler:
 
     def enqueue(
         self, inputs: dict[str, np.ndarray], batch_size: int, priority: int = 0, timeout_us: int | None = None,
-        signature: str | None = None, outputs: list[str] | None = None,
+        signature: str | None = None, outputs: list[str] | None = None, trace: Any = None,
     ) -> Pending:
         """Queue one request now (synchronously, so that a caller holding this model version
         is served by it even if a reload swaps in another version before the caller awaits).
         `signature`: run the model's signature of that name for `outputs`, alone (RunFn's third
-        argument), instead of the config's tensors."""
+        argument), instead of the config's tensors. `trace`: a traced request's Trace, stamped
+        with the compute times (given here: a worker may run the request before this returns)."""
         if self._closed:
             raise unavailable(f"model '{self.model_name}' is being unloaded")
         level = (priority if 1 <= priority <= self.policy.priority_levels else self.policy.default_level) - 1
         policy = self.policy.policies[level]
         p = Pending(inputs, batch_size, self._loop.create_future(), time.monotonic_ns(), level, self._seq)
-        p.signature, p.outputs = signature, outputs
+        p.signature, p.outputs, p.trace = signature, outputs, trace
         timeout = policy.timeout_us(timeout_us)
         if timeout:
             p.deadline = time.monotonic() + timeout / 1e6  # before a worker can take it
