@@ -321,6 +321,8 @@ class TorchModel:
             return
         try:
             self.run(zeros, list(self.outputs))
+            if self.wide_threads:  # and on every core, so its threads and buffers exist before traffic
+                call_with_threads(self.wide_threads, self._run, zeros, list(self.outputs))
         except Exception as e:
             message = e.message if isinstance(e, ServerError) else _short(e)
             raise invalid(f"unable to load model '{config.name}': a test run on zeros failed: {message}") from None
