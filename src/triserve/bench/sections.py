@@ -22,10 +22,9 @@ from triserve.bench.servers import derived_model, link_repository, running_serve
 
 RAW_BATCHES = (1, 4)
 GRPC_CONCURRENCIES = (1, 16)
-TORCHSERVE_CONCURRENCIES = (1, 8)
 BACKENDS_CONCURRENCY = 8
 GRPC_AIM_MS = 1.0  # aim: gRPC p50 at concurrency 1 within 1 ms of raw
-TORCHSERVE_AIM = 0.85  # aim: served JPEG requests/s at least 0.85 of the in-process ceiling
+TORCHSERVE_AIMS = {1: 0.6, 8: 0.9}  # aim: served JPEG requests/s at least these fractions of the in-process ceiling
 SWEEP_CONCURRENCIES = (1, 2, 4, 8, 16, 32)
 SWEEP_DROP = 0.10  # aim: no layout loses more than 10% from its best point as concurrency grows
 OPENVINO_CONCURRENCIES = (1, 8)
@@ -38,7 +37,8 @@ ROUNDS = 3  # sweep, shm and ensemble: each measurement in 3 interleaved rounds 
 # Each section's aim, printed under the run's heading; its summary line says whether it was met.
 AIMS = {
     "grpc": f"gRPC p50 at concurrency {GRPC_CONCURRENCIES[0]} within {GRPC_AIM_MS:g} ms of raw onnxruntime",
-    "torchserve": f"TorchServe JPEG requests/s at least {TORCHSERVE_AIM:g} of the in-process ceiling",
+    "torchserve": "TorchServe JPEG requests/s at least " + " and ".join(
+        f"{aim:g} of the in-process ceiling at concurrency {c}" for c, aim in TORCHSERVE_AIMS.items()),
     "sweep": f"no layout loses more than {SWEEP_DROP:.0%} from its best point up to concurrency {SWEEP_CONCURRENCIES[-1]}",
     "openvino": f"served OpenVINO at least {OPENVINO_AIM:g} of raw OpenVINO",
 }
@@ -180,8 +180,9 @@ def _archive(b: Bench) -> tuple[Any, str]:
     return catalog, name
 
 
-def _archive_ceiling(b: Bench) -> tuple[str, Result]:
-    """The archive's model name, and in-process: decode + its handler's pre/postprocessing + its model."""
+def _archive_ceiling(b: Bench) -> tuple[str, str, Callable[[float], Result]]:
+    """The archive's model name, and in-process: decode + its handler's pre/postprocessing + its
+    model (its label, and what measures it for some seconds)."""
     from triserve.core import processors
 
     catalog, name = _archive(b)
@@ -205,23 +206,33 @@ def _archive_ceiling(b: Bench) -> tuple[str, Result]:
     handler_name = catalog.registrations(name)[version].model["handler"]
     label = (f"in-process: JPEG decode + {handler_name} + {FRAMEWORKS[spec.config.platform]} {name},"
              f" {count} thread(s) x {threads}")
-    return name, progress(measure_raw(label, [pipeline(r) for r in runners], 1, b.seconds))
+    calls = [pipeline(r) for r in runners]
+    return name, label, lambda seconds: progress(measure_raw(label, calls, 1, seconds))
 
 
 def torchserve_section(b: Bench) -> Table:
-    name, ceiling = _archive_ceiling(b)
-    table = Table(f"torchserve: {b.archive}, raw JPEG PUT /predictions/{name} vs the in-process ceiling",
-                  [(ceiling, ceiling)])
+    """JPEG PUTs at concurrency 1 and 8 against the in-process ceiling, in interleaved rounds."""
+    name, ceiling_label, ceiling = _archive_ceiling(b)
     args = ["--model-store", str(b.store), "--models", f"{name}={b.archive}"]
     with b.server("torchserve", args, ("torchserve_inference",)) as ports:
         port = ports["torchserve_inference"]
         sender = HTTPSender(port, http_request("PUT", f"/predictions/{name}", port, b.jpeg))
-        results = [b.served(f"served PUT /predictions/{name}", sender, c) for c in TORCHSERVE_CONCURRENCIES]
-    table.rows += [(r, ceiling) for r in results]
-    ratios = ", ".join(f"{r.label.rsplit(', ', 1)[1]} {r.ratio(ceiling):.2f}" for r in results)
+        measures: dict[str, Callable[[float], Result]] = {ceiling_label: ceiling}
+        for c in TORCHSERVE_AIMS:
+            label = f"served PUT /predictions/{name}, concurrency {c}"
+            measures[label] = functools.partial(served, label, sender, c)
+        rounds = interleaved(measures, b.seconds)
+    top = median_of(rounds[ceiling_label])
+    served_rounds = [rounds[label] for label in measures if label != ceiling_label]
+    table = Table(f"torchserve: {b.archive}, raw JPEG PUT /predictions/{name} vs the in-process ceiling",
+                  [(median_of(rs), top) for rs in (rounds[ceiling_label], *served_rounds)])
+    table.notes.append(_rounds_note(ROUNDS))
+    ratios = {c: median_ratio(rs, rounds[ceiling_label]) for c, rs in zip(TORCHSERVE_AIMS, served_rounds)}
+    aims = ", ".join(f"{aim:g} at {c}" for c, aim in TORCHSERVE_AIMS.items())
     table.summary.append(
-        f"aim: TorchServe JPEG requests/s at least {TORCHSERVE_AIM:g} of in-process"
-        f" ({ceiling.images_per_s:.1f}/s): {ratios}: {verdict(best(results).ratio(ceiling) >= TORCHSERVE_AIM)}"
+        f"aim: TorchServe JPEG requests/s at least {aims} of in-process ({top.images_per_s:.1f}/s):"
+        f" {', '.join(f'concurrency {c} {r:.2f}' for c, r in ratios.items())}:"
+        f" {verdict(all(r >= TORCHSERVE_AIMS[c] for c, r in ratios.items()))}"
     )
     return table
 
