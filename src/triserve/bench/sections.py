@@ -327,25 +327,40 @@ def _openvino_repository(b: Bench, model: BenchModel) -> tuple[Path, str]:
 
 
 def openvino_section(b: Bench) -> Table:
+    """Raw OpenVINO and raw onnxruntime, then served OpenVINO at concurrency 1 and 8 against raw
+    OpenVINO at its better batch size, in interleaved rounds."""
     model = b.model(b.onnx_model)
     repo, name = _openvino_repository(b, model)
     ov_model = b.model(name, repo)
     count, threads = b.server_threads
     raw_ort, raw_ov = best(b.raw(model.name, count, threads)), best(b.raw(name, count, threads))
-    table = Table(f"openvino: {model.name} as OpenVINO IR, raw OpenVINO and raw onnxruntime ({count} instance(s) x"
-                  f" {threads} thread(s), the better of batch {' and '.join(map(str, RAW_BATCHES))}) and served"
-                  " OpenVINO over binary HTTP", [(raw_ov, raw_ov), (raw_ort, raw_ov)])
+    batch = RAW_BATCHES[b.raw(name, count, threads).index(raw_ov)]
+    runners = open_runners(ov_model.platform, ov_model.model_file, count, threads)
+    x = np.ascontiguousarray(np.repeat(ov_model.sample[None], batch, axis=0))
+    calls = [functools.partial(run, x) for run in runners]
+    raw_label = f"raw OpenVINO {name}, {count} instance(s) x {threads} thread(s), batch {batch}, in rounds"
+    measures: dict[str, Callable[[float], Result]] = {
+        raw_label: lambda seconds: progress(measure_raw(raw_label, calls, batch, seconds))}
     with b.server("openvino", ["--model-repository", str(repo)], ("http",)) as ports:
         sender = HTTPSender(ports["http"], v2_binary_request(ov_model, ports["http"]))
-        results = [b.served("served OpenVINO, binary HTTP", sender, c) for c in OPENVINO_CONCURRENCIES]
-    table.rows += [(r, raw_ov) for r in results]
-    top = best(results)
+        for c in OPENVINO_CONCURRENCIES:
+            label = f"served OpenVINO, binary HTTP, concurrency {c}"
+            measures[label] = functools.partial(served, label, sender, c)
+        rounds = interleaved(measures, b.seconds)
+    raws = rounds.pop(raw_label)
+    top = median_of(raws)
+    table = Table(f"openvino: {model.name} as OpenVINO IR, raw OpenVINO and raw onnxruntime ({count} instance(s) x"
+                  f" {threads} thread(s), the better of batch {' and '.join(map(str, RAW_BATCHES))}) and served"
+                  " OpenVINO over binary HTTP against raw OpenVINO in interleaved rounds",
+                  [(raw_ov, raw_ov), (raw_ort, raw_ov), (top, top)] + [(median_of(rs), top) for rs in rounds.values()])
+    table.notes.append(_rounds_note(ROUNDS) + " The first two rows are measured once, before the rounds.")
     table.summary.append(f"openvino: raw OpenVINO / raw onnxruntime: {raw_ov.ratio(raw_ort):.2f}"
                          f" ({raw_ov.images_per_s:.1f} vs {raw_ort.images_per_s:.1f} images/s)")
+    ratios = {label.rsplit(", ", 1)[1]: median_ratio(rs, raws) for label, rs in rounds.items()}
     table.summary.append(
         f"aim: served OpenVINO at least {OPENVINO_AIM:g} of raw OpenVINO: "
-        + ", ".join(f"{r.label.rsplit(', ', 1)[1]} {r.ratio(raw_ov):.2f}" for r in results)
-        + f": {verdict(top.ratio(raw_ov) >= OPENVINO_AIM)}")
+        + ", ".join(f"{c} {r:.2f}" for c, r in ratios.items())
+        + f": {verdict(max(ratios.values()) >= OPENVINO_AIM)}")
     return table
 
 
