@@ -237,21 +237,43 @@ def torchserve_section(b: Bench) -> Table:
     return table
 
 
+def _raw_rounds(b: Bench, model: BenchModel, count: int, threads: int) -> tuple[str, Callable[[float], Result]]:
+    """Raw `model` at its better batch size (of b.raw's first measurement), to measure again in
+    rounds: its label, and what measures it for some seconds."""
+    raws = b.raw(model.name, count, threads)
+    batch = RAW_BATCHES[raws.index(best(raws))]
+    runners = open_runners(model.platform, model.model_file, count, threads)
+    x = np.ascontiguousarray(np.repeat(model.sample[None], batch, axis=0))
+    calls = [functools.partial(run, x) for run in runners]
+    label = f"raw {model.framework} {model.name}, {count} instance(s) x {threads} thread(s), batch {batch}"
+    return label, lambda seconds: progress(measure_raw(label, calls, batch, seconds))
+
+
 def backends_section(b: Bench) -> Table:
+    """Each backend's example over binary HTTP at concurrency 8 against its framework in-process,
+    in interleaved rounds."""
     models = [b.model(name) for name in [b.onnx_model, *b.backend_models]]
     count, threads = b.server_threads
-    raws = [best(b.raw(m.name, count, threads)) for m in models]
+    measures: dict[str, Callable[[float], Result]] = {}
+    pairs = []
+    with b.repository_server("backends", [m.name for m in models], ("http",)) as ports:
+        for m in models:
+            raw_label, measures[raw_label] = _raw_rounds(b, m, count, threads)
+            label = f"served {m.framework} {m.name}, binary HTTP, concurrency {BACKENDS_CONCURRENCY}"
+            measures[label] = functools.partial(served, label, HTTPSender(ports["http"], v2_binary_request(m, ports["http"])),
+                                                BACKENDS_CONCURRENCY)
+            pairs.append((raw_label, label))
+        rounds = interleaved(measures, b.seconds)
     table = Table(f"backends: each example over binary HTTP at concurrency {BACKENDS_CONCURRENCY} vs its framework"
                   f" in-process ({count} instance(s) x {threads} thread(s), the better of batch"
                   f" {' and '.join(map(str, RAW_BATCHES))})")
-    with b.repository_server("backends", [m.name for m in models], ("http",)) as ports:
-        results = [b.served(f"served {m.framework} {m.name}, binary HTTP",
-                            HTTPSender(ports["http"], v2_binary_request(m, ports["http"])), BACKENDS_CONCURRENCY)
-                   for m in models]
-    for raw, r in zip(raws, results):
-        table.rows += [(raw, raw), (r, raw)]
-    table.summary.append(f"served/raw per backend at concurrency {BACKENDS_CONCURRENCY}: "
-                         + ", ".join(f"{m.framework} {r.ratio(raw):.2f}" for m, raw, r in zip(models, raws, results)))
+    for raw_label, label in pairs:
+        raw = median_of(rounds[raw_label])
+        table.rows += [(raw, raw), (median_of(rounds[label]), raw)]
+    table.notes.append(_rounds_note(ROUNDS))
+    table.summary.append(f"served/raw per backend at concurrency {BACKENDS_CONCURRENCY}: " + ", ".join(
+        f"{m.framework} {median_ratio(rounds[label], rounds[raw_label]):.2f}"
+        for m, (raw_label, label) in zip(models, pairs)))
     return table
 
 
