@@ -63,6 +63,10 @@ def test_grpc_and_torchserve_sections(example_repo):
     summary = done.stdout.split("## summary", 1)[1]
     assert re.search(r"aim: gRPC p50 at concurrency 1 within 1 ms of raw: .*: (met|NOT met)", summary)
     assert re.search(r"aim: TorchServe .* concurrency 1 [\d.]+, concurrency 8 [\d.]+: (met|NOT met)", summary)
+    shares = r"server event loop [\d.]+ ms, its other threads [\d.]+ ms, load generator [\d.]+ ms"
+    for line in (f"grpc: CPU per call of served gRPC, concurrency 16: {shares}",
+                 f"torchserve: CPU per call of served PUT /predictions/efficientnet_lite0, concurrency 8: {shares}"):
+        assert re.search(line + r"; the ceiling takes [\d.]+ ms of core time per image", summary), summary
 
 
 def test_sweep_and_openvino_sections(example_repo):

@@ -11,6 +11,7 @@ import re
 import pytest
 
 from triserve.bench import bench_main, sections
+from triserve.bench.cpu import CPUPerCall
 from triserve.bench.results import Result, Table, median_of, median_ratio, result
 from triserve.cli import parser
 
@@ -36,6 +37,14 @@ def test_rounds_become_one_row_of_medians_and_ratios_are_taken_round_by_round():
     assert median_ratio(rounds[:2], raws[:2]) == 0.75
     with pytest.raises(ValueError):
         median_ratio(rounds, raws[:2])
+
+
+def test_rounds_with_cpu_shares_give_the_row_their_medians():
+    shares = [CPUPerCall(1.0, 10.0, 0.5), CPUPerCall(3.0, 9.0, 0.25), CPUPerCall(2.0, 11.0, 1.0)]
+    rounds = [Result("a", 10.0, 5.0, 9.0, cpu) for cpu in shares]
+    assert median_of(rounds).cpu == CPUPerCall(2.0, 10.0, 0.5)
+    rounds[1].cpu = None  # a round that could not read the server's threads: no shares for the row
+    assert median_of(rounds).cpu is None
 
 
 def bench_args(tmp_path, sections_: str) -> argparse.Namespace:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
+from triserve.bench.cpu import per_call, thread_seconds
 from triserve.bench.results import MIN_COMPLETED, Result, progress, result
 
 HOST = "127.0.0.1"
@@ -91,18 +92,34 @@ class GRPCSender:
 Sender = HTTPSender | GRPCSender
 
 
-async def _drive(sender: Sender, concurrency: int, seconds: float) -> tuple[list[float], float, list[str]]:
-    """Latencies of the requests started in the measured window, its length, and the failures.
-    The window lasts `seconds`, and longer until MIN_COMPLETED of its requests have completed."""
+@dataclass
+class Drive:
+    """What the load process measured: latencies of the requests started in the measured
+    window, its length and the failures; and, over the whole drive (warm-up too), the calls
+    made and the load process's CPU seconds."""
+
+    latencies: list[float]
+    elapsed: float
+    errors: list[str]
+    calls: int
+    cpu_seconds: float
+
+
+async def _drive(sender: Sender, concurrency: int, seconds: float) -> Drive:
+    """The window lasts `seconds`, and longer until MIN_COMPLETED of its requests have completed."""
     latencies: list[float] = []
     errors: list[str] = []
+    calls = 0
+    cpu = time.process_time()
     async with sender.clients(concurrency) as sends:
         start = time.perf_counter() + min(1.0, seconds / 4)  # warm up first, on the same connections
         stop = start + seconds
 
         async def loop(send: Send) -> None:
+            nonlocal calls
             while (t := time.perf_counter()) < stop or len(latencies) + len(errors) < MIN_COMPLETED:
                 error = await send()
+                calls += 1
                 if t < start:
                     continue
                 if error:
@@ -111,7 +128,8 @@ async def _drive(sender: Sender, concurrency: int, seconds: float) -> tuple[list
                     latencies.append(time.perf_counter() - t)
 
         await asyncio.gather(*(loop(send) for send in sends))
-        return latencies, time.perf_counter() - start, errors
+        elapsed = time.perf_counter() - start
+    return Drive(latencies, elapsed, errors, calls, time.process_time() - cpu)
 
 
 def _load_process(sender: Sender, concurrency: int, seconds: float, results: Any) -> None:
@@ -120,22 +138,28 @@ def _load_process(sender: Sender, concurrency: int, seconds: float, results: Any
     results.put(uvloop.run(_drive(sender, concurrency, seconds)))
 
 
-def served(label: str, sender: Sender, concurrency: int, seconds: float) -> Result:
-    """`concurrency` clients sending back to back for `seconds`, from a separate process."""
+def served(label: str, sender: Sender, concurrency: int, seconds: float, server_pid: int | None = None) -> Result:
+    """`concurrency` clients sending back to back for `seconds`, from a separate process; with
+    `server_pid`, the result also says where the CPU per call went (bench.cpu)."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     process = context.Process(target=_load_process, args=(sender, concurrency, seconds, results))
+    before = thread_seconds(server_pid) if server_pid else None
     process.start()
     deadline = time.monotonic() + seconds + 120
     while True:
         try:
-            latencies, elapsed, errors = results.get(timeout=1)
+            drive: Drive = results.get(timeout=1)
             break
         except queue.Empty:
             if not process.is_alive() or time.monotonic() > deadline:
                 process.kill()
                 raise RuntimeError(f"the load generator for '{label}' gave no result (exit code {process.exitcode})")
+    after = thread_seconds(server_pid) if server_pid else None
     process.join()
-    if errors:
-        print(f"  {label}: {len(errors)} failed requests, first: {errors[0]}", file=sys.stderr)
-    return progress(result(label, latencies, elapsed))
+    if drive.errors:
+        print(f"  {label}: {len(drive.errors)} failed requests, first: {drive.errors[0]}", file=sys.stderr)
+    measured = result(label, drive.latencies, drive.elapsed)
+    if server_pid and before is not None and after is not None:
+        measured.cpu = per_call(server_pid, before, after, drive.cpu_seconds, drive.calls)
+    return progress(measured)

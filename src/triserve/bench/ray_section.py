@@ -118,9 +118,9 @@ def ray_section(b: Any) -> Table:
     repo = link_repository(b.tmp / "ray", b.repo, [model.name])
     direct: dict[int, list[Result]] = {}
     through: dict[int, list[Result]] = {}
-    with b.repository_server("ray-direct", [model.name], ("http",)) as ports, _LocalServe(repo, b.cores) as port:
+    with b.repository_server("ray-direct", [model.name], ("http",)) as server, _LocalServe(repo, b.cores) as port:
         _wait_ready(port, model.name)
-        senders = {"triserve serve": HTTPSender(ports["http"], v2_binary_request(model, ports["http"])),
+        senders = {"triserve serve": HTTPSender(server.ports["http"], v2_binary_request(model, server.ports["http"])),
                    "through Ray Serve": HTTPSender(port, v2_binary_request(model, port))}
         for c in RAY_CONCURRENCIES:
             rounds = interleaved({label: functools.partial(served, f"{label}, concurrency {c}", sender, c)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from triserve.bench.cpu import CPUPerCall
+
 
 # A measurement runs for the seconds asked and until at least this many calls completed in it: on
 # a busy machine a short window can otherwise pass with no call finished, and read as 0 images/s.
@@ -19,6 +21,7 @@ class Result:
     images_per_s: float
     p50_ms: float
     p99_ms: float
+    cpu: CPUPerCall | None = field(default=None, compare=False)  # where a served call's CPU went
 
     def ratio(self, raw: Result) -> float:
         return self.images_per_s / raw.images_per_s if raw.images_per_s else float("nan")
@@ -73,9 +76,15 @@ class Table:
 
 
 def median_of(results: list[Result]) -> Result:
-    """Rounds of one measurement as one row: the median images/s, p50 and p99 of the rounds."""
+    """Rounds of one measurement as one row: the median images/s, p50 and p99 of the rounds (and
+    of their CPU per call, when every round has it)."""
+    cpus = [r.cpu for r in results if r.cpu is not None]
+    cpu = None
+    if cpus and len(cpus) == len(results):
+        cpu = CPUPerCall(*(float(np.median(values)) for values in zip(
+            *((c.event_loop_ms, c.other_threads_ms, c.load_generator_ms) for c in cpus))))
     return Result(results[0].label, float(np.median([r.images_per_s for r in results])),
-                  float(np.median([r.p50_ms for r in results])), float(np.median([r.p99_ms for r in results])))
+                  float(np.median([r.p50_ms for r in results])), float(np.median([r.p99_ms for r in results])), cpu)
 
 
 def median_ratio(results: list[Result], raws: list[Result]) -> float:

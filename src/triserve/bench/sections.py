@@ -18,7 +18,7 @@ from triserve.bench.models import (BenchModel, jpeg, photo, read_bench_model, v2
 from triserve.bench.perf import find_perf_analyzer, perf_analyzer
 from triserve.bench.raw import FRAMEWORKS, Runner, measure_raw, open_runners
 from triserve.bench.results import Result, Table, best, median_of, median_ratio, progress, verdict
-from triserve.bench.servers import derived_model, link_repository, running_server
+from triserve.bench.servers import RunningServer, derived_model, link_repository, running_server
 
 RAW_BATCHES = (1, 4)
 GRPC_CONCURRENCIES = (1, 16)
@@ -98,16 +98,25 @@ class Bench:
         calls = [self.raw(self.onnx_model, 1, threads, (1,))[0] for threads in sorted({1, self.cores})]
         return min(calls, key=lambda r: r.p50_ms)
 
-    def served(self, label: str, sender: Sender, concurrency: int) -> Result:
-        return served(f"{label}, concurrency {concurrency}", sender, concurrency, self.seconds)
+    def served(self, label: str, sender: Sender, concurrency: int, server_pid: int | None = None) -> Result:
+        return served(f"{label}, concurrency {concurrency}", sender, concurrency, self.seconds, server_pid)
+
+    def cpu_line(self, section: str, r: Result, ceiling: Result) -> list[str]:
+        """Where served row `r`'s CPU went, beside the core time per image of `ceiling` (all cores
+        busy): the difference is what serving costs besides the model."""
+        if r.cpu is None:
+            return []
+        per_image = self.cores * 1000 / ceiling.images_per_s if ceiling.images_per_s else float("nan")
+        return [f"{section}: CPU per call of {r.label}: {r.cpu.describe()}; the ceiling takes"
+                f" {per_image:.2f} ms of core time per image"]
 
     def repository_server(self, section: str, names: list[str], frontends: tuple[str, ...],
-                          unbatched: tuple[str, ...] = ()) -> ContextManager[dict[str, int]]:
-        """A server of just the named models of the repository (context manager yielding the ports)."""
+                          unbatched: tuple[str, ...] = ()) -> ContextManager[RunningServer]:
+        """A server of just the named models of the repository (a context manager yielding its RunningServer)."""
         repo = link_repository(self.tmp / section, self.repo, names, unbatched)
         return self.server(section, ["--model-repository", str(repo)], frontends)
 
-    def server(self, section: str, args: list[str], frontends: tuple[str, ...]) -> ContextManager[dict[str, int]]:
+    def server(self, section: str, args: list[str], frontends: tuple[str, ...]) -> ContextManager[RunningServer]:
         return running_server(args, frontends, self.tmp / f"{section}-server.log")
 
 
@@ -118,16 +127,17 @@ def onnx_section(b: Bench) -> Table:
     table = Table(f"onnx: {model.name} over binary HTTP vs the best raw onnxruntime", [(r, top_raw) for r in raws])
     variants = ((model.name, "served binary HTTP, dynamic batching"),
                 (f"{model.name}_no_batching", "served binary HTTP, no batching"))
-    with b.repository_server("onnx", [model.name], ("http",), unbatched=(model.name,)) as ports:
-        port = ports["http"]
+    with b.repository_server("onnx", [model.name], ("http",), unbatched=(model.name,)) as server:
+        port = server.ports["http"]
         senders = [(label, HTTPSender(port, v2_binary_request(dataclasses.replace(model, name=name), port)))
                    for name, label in variants]
-        results = [b.served(label, sender, c) for label, sender in senders for c in b.concurrencies]
+        results = [b.served(label, sender, c, server.pid) for label, sender in senders for c in b.concurrencies]
     one = b.raw_onnx_one()
     table.rows += [(one, top_raw)] + [(r, top_raw) for r in results]
     top = best(results)
     table.summary.append(f"onnx: best {top.label}: {top.ratio(top_raw):.2f} of the best raw"
                          f" ({top.images_per_s:.1f} vs {top_raw.images_per_s:.1f} images/s)")
+    table.summary += b.cpu_line("onnx", top, top_raw)
     firsts = [r for r in results if r.label.endswith(", concurrency 1")]
     if firsts:
         table.summary.append(f"onnx: added p50 at concurrency 1 over the best raw single call ({one.p50_ms:.2f} ms): "
@@ -140,10 +150,10 @@ def grpc_section(b: Bench) -> Table:
     top_raw, one = best(b.raw_onnx()), b.raw_onnx_one()
     table = Table(f"grpc: {model.name}, KServe v2 gRPC vs binary HTTP (dynamic batching as configured)",
                   [(top_raw, top_raw), (one, top_raw)])
-    with b.repository_server("grpc", [model.name], ("http", "grpc")) as ports:
-        senders = {"gRPC": GRPCSender(ports["grpc"], v2_grpc_request(model)),
-                   "binary HTTP": HTTPSender(ports["http"], v2_binary_request(model, ports["http"]))}
-        results = {(protocol, c): b.served(f"served {protocol}", sender, c)
+    with b.repository_server("grpc", [model.name], ("http", "grpc")) as server:
+        senders = {"gRPC": GRPCSender(server.ports["grpc"], v2_grpc_request(model)),
+                   "binary HTTP": HTTPSender(server.ports["http"], v2_binary_request(model, server.ports["http"]))}
+        results = {(protocol, c): b.served(f"served {protocol}", sender, c, server.pid)
                    for c in GRPC_CONCURRENCIES for protocol, sender in senders.items()}
     table.rows += [(r, top_raw) for r in results.values()]
     for c in GRPC_CONCURRENCIES:
@@ -157,6 +167,7 @@ def grpc_section(b: Bench) -> Table:
         f" {first.p50_ms:.2f} ms vs the best raw single call {one.p50_ms:.2f} ms, {added:+.2f} ms:"
         f" {verdict(added <= GRPC_AIM_MS)}"
     )
+    table.summary += b.cpu_line("grpc", results["gRPC", GRPC_CONCURRENCIES[-1]], top_raw)
     return table
 
 
@@ -214,13 +225,13 @@ def torchserve_section(b: Bench) -> Table:
     """JPEG PUTs at concurrency 1 and 8 against the in-process ceiling, in interleaved rounds."""
     name, ceiling_label, ceiling = _archive_ceiling(b)
     args = ["--model-store", str(b.store), "--models", f"{name}={b.archive}"]
-    with b.server("torchserve", args, ("torchserve_inference",)) as ports:
-        port = ports["torchserve_inference"]
+    with b.server("torchserve", args, ("torchserve_inference",)) as server:
+        port = server.ports["torchserve_inference"]
         sender = HTTPSender(port, http_request("PUT", f"/predictions/{name}", port, b.jpeg))
         measures: dict[str, Callable[[float], Result]] = {ceiling_label: ceiling}
         for c in TORCHSERVE_AIMS:
             label = f"served PUT /predictions/{name}, concurrency {c}"
-            measures[label] = functools.partial(served, label, sender, c)
+            measures[label] = functools.partial(served, label, sender, c, server_pid=server.pid)
         rounds = interleaved(measures, b.seconds)
     top = median_of(rounds[ceiling_label])
     served_rounds = [rounds[label] for label in measures if label != ceiling_label]
@@ -234,6 +245,8 @@ def torchserve_section(b: Bench) -> Table:
         f" {', '.join(f'concurrency {c} {r:.2f}' for c, r in ratios.items())}:"
         f" {verdict(all(r >= TORCHSERVE_AIMS[c] for c, r in ratios.items()))}"
     )
+    for rs in served_rounds[-1:]:  # the highest concurrency, where the cores are busy
+        table.summary += b.cpu_line("torchserve", median_of(rs), top)
     return table
 
 
@@ -256,11 +269,11 @@ def backends_section(b: Bench) -> Table:
     count, threads = b.server_threads
     measures: dict[str, Callable[[float], Result]] = {}
     pairs = []
-    with b.repository_server("backends", [m.name for m in models], ("http",)) as ports:
+    with b.repository_server("backends", [m.name for m in models], ("http",)) as server:
         for m in models:
             raw_label, measures[raw_label] = _raw_rounds(b, m, count, threads)
             label = f"served {m.framework} {m.name}, binary HTTP, concurrency {BACKENDS_CONCURRENCY}"
-            measures[label] = functools.partial(served, label, HTTPSender(ports["http"], v2_binary_request(m, ports["http"])),
+            measures[label] = functools.partial(served, label, HTTPSender(server.ports["http"], v2_binary_request(m, server.ports["http"])),
                                                 BACKENDS_CONCURRENCY)
             pairs.append((raw_label, label))
         rounds = interleaved(measures, b.seconds)
@@ -303,8 +316,8 @@ def sweep_section(b: Bench) -> Table:
     layouts = {model.name: "default layout", wide: f"1 instance x {b.cores} threads"}
     table = Table(f"sweep: {model.name} over binary HTTP, concurrency {','.join(map(str, SWEEP_CONCURRENCIES))},"
                   " vs the best raw onnxruntime", [(top_raw, top_raw)])
-    with b.server("sweep", ["--model-repository", str(repo)], ("http",)) as ports:
-        port = ports["http"]
+    with b.server("sweep", ["--model-repository", str(repo)], ("http",)) as server:
+        port = server.ports["http"]
         measures: dict[tuple[str, int], Callable[[float], Result]] = {}
         for name, label in layouts.items():
             sender = HTTPSender(port, v2_binary_request(dataclasses.replace(model, name=name), port))
@@ -363,11 +376,11 @@ def openvino_section(b: Bench) -> Table:
     raw_label = f"raw OpenVINO {name}, {count} instance(s) x {threads} thread(s), batch {batch}, in rounds"
     measures: dict[str, Callable[[float], Result]] = {
         raw_label: lambda seconds: progress(measure_raw(raw_label, calls, batch, seconds))}
-    with b.server("openvino", ["--model-repository", str(repo)], ("http",)) as ports:
-        sender = HTTPSender(ports["http"], v2_binary_request(ov_model, ports["http"]))
+    with b.server("openvino", ["--model-repository", str(repo)], ("http",)) as server:
+        sender = HTTPSender(server.ports["http"], v2_binary_request(ov_model, server.ports["http"]))
         for c in OPENVINO_CONCURRENCIES:
             label = f"served OpenVINO, binary HTTP, concurrency {c}"
-            measures[label] = functools.partial(served, label, sender, c)
+            measures[label] = functools.partial(served, label, sender, c, server_pid=server.pid)
         rounds = interleaved(measures, b.seconds)
     raws = rounds.pop(raw_label)
     top = median_of(raws)
@@ -440,15 +453,15 @@ def shm_section(b: Bench) -> Table:
     raw_label = f"raw {model.framework} {model.name}, {count} instance(s) x {threads} thread(s), batch 1"
     ours_label = f"served binary HTTP (bench client), concurrency {SHM_CONCURRENCY}"
     repo = link_repository(b.tmp / "shm", b.repo, [model.name])
-    with b.server("shm", ["--model-repository", str(repo), "--allow-client-shm", "true"], ("http", "grpc")) as ports:
-        sender = HTTPSender(ports["http"], v2_binary_request(model, ports["http"]))
+    with b.server("shm", ["--model-repository", str(repo), "--allow-client-shm", "true"], ("http", "grpc")) as server:
+        sender = HTTPSender(server.ports["http"], v2_binary_request(model, server.ports["http"]))
 
         def ours(seconds: float) -> Result:
             return served(ours_label, sender, SHM_CONCURRENCY, seconds)
 
         def run_perf(protocol: str, memory: str, label: str) -> Callable[[float], Result]:
             def measure(seconds: float) -> Result:
-                return perf_analyzer(binary, label, model.name, protocol, f"{HOST}:{ports[protocol]}", SHM_CONCURRENCY,
+                return perf_analyzer(binary, label, model.name, protocol, f"{HOST}:{server.ports[protocol]}", SHM_CONCURRENCY,
                                      seconds, memory)
             return measure
 
@@ -533,8 +546,8 @@ def ensemble_section(b: Bench) -> Table:
     steps = [step.model_name for step in config.ensemble_scheduling.step]
     repo = link_repository(b.tmp / "ensemble", b.repo, [ENSEMBLE_MODEL, *steps])
     args = ["--model-repository", str(repo), "--model-store", str(b.store), "--models", f"{archive}={b.archive}"]
-    with b.server("ensemble", args, ("http", "torchserve_inference")) as ports:
-        http, ts = ports["http"], ports["torchserve_inference"]
+    with b.server("ensemble", args, ("http", "torchserve_inference")) as server:
+        http, ts = server.ports["http"], server.ports["torchserve_inference"]
         senders = {
             "served v2 HTTP BYTES": HTTPSender(http, v2_bytes_request(
                 ENSEMBLE_MODEL, config.input[0].name, config.output[0].name, b.jpeg, http, ENSEMBLE_TOP_K)),

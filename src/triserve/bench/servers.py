@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -35,9 +36,15 @@ def _wait_listening(process: subprocess.Popen, ports: list[int], log: Path, time
             time.sleep(0.2)
 
 
+@dataclass(frozen=True)
+class RunningServer:
+    ports: dict[str, int]  # front end name -> port (0: off)
+    pid: int
+
+
 @contextlib.contextmanager
-def running_server(args: list[str], frontends: tuple[str, ...], log: Path) -> Iterator[dict[str, int]]:
-    """A `triserve serve ARGS` subprocess with only `frontends` on, on free ports; yields name -> port.
+def running_server(args: list[str], frontends: tuple[str, ...], log: Path) -> Iterator[RunningServer]:
+    """A `triserve serve ARGS` subprocess with only `frontends` on, on free ports.
     A model that fails to load stops it (--exit-on-error), with the reason from `log`."""
     from triserve.options import FRONTENDS
 
@@ -51,7 +58,7 @@ def running_server(args: list[str], frontends: tuple[str, ...], log: Path) -> It
         )
     try:
         _wait_listening(process, [p for p in ports.values() if p], log)
-        yield ports
+        yield RunningServer(ports, process.pid)
     finally:
         process.terminate()
         try:
