@@ -16,6 +16,8 @@ from triserve.bench.sections import SECTIONS
 pytestmark = pytest.mark.slow
 
 ROW = re.compile(r"^\| (.+?) \| (\S+) \| (\S+) \| (\S+) \| (\S+) \|$", re.M)
+CPU_SHARES = (r": server event loop [\d.]+ ms, its other threads [\d.]+ ms, load generator [\d.]+ ms;"
+              r" the ceiling takes [\d.]+ ms of core time per image")
 
 
 def bench(example_repo, *args: str) -> subprocess.CompletedProcess:
@@ -63,10 +65,9 @@ def test_grpc_and_torchserve_sections(example_repo):
     summary = done.stdout.split("## summary", 1)[1]
     assert re.search(r"aim: gRPC p50 at concurrency 1 within 1 ms of raw: .*: (met|NOT met)", summary)
     assert re.search(r"aim: TorchServe .* concurrency 1 [\d.]+, concurrency 8 [\d.]+: (met|NOT met)", summary)
-    shares = r"server event loop [\d.]+ ms, its other threads [\d.]+ ms, load generator [\d.]+ ms"
-    for line in (f"grpc: CPU per call of served gRPC, concurrency 16: {shares}",
-                 f"torchserve: CPU per call of served PUT /predictions/efficientnet_lite0, concurrency 8: {shares}"):
-        assert re.search(line + r"; the ceiling takes [\d.]+ ms of core time per image", summary), summary
+    for row in ("grpc: CPU per call of served gRPC, concurrency 16",
+                "torchserve: CPU per call of served PUT /predictions/efficientnet_lite0, concurrency 8"):
+        assert re.search(re.escape(row) + CPU_SHARES, summary), summary
 
 
 def test_sweep_and_openvino_sections(example_repo):
@@ -87,6 +88,7 @@ def test_sweep_and_openvino_sections(example_repo):
     assert re.search(rf"aim: {wide} loses at most 10% .*: (met|NOT met)", summary)
     assert re.search(r"openvino: raw OpenVINO / raw onnxruntime: [\d.]+", summary)
     assert re.search(r"aim: served OpenVINO at least 0.9 of raw OpenVINO: concurrency 1 [\d.]+, concurrency 8 [\d.]+", summary)
+    assert re.search(r"openvino: CPU per call of served OpenVINO, binary HTTP, concurrency 8" + CPU_SHARES, summary)
 
 
 def test_shm_and_ensemble_sections(example_repo):

@@ -396,6 +396,8 @@ def openvino_section(b: Bench) -> Table:
         f"aim: served OpenVINO at least {OPENVINO_AIM:g} of raw OpenVINO: "
         + ", ".join(f"{c} {r:.2f}" for c, r in ratios.items())
         + f": {verdict(max(ratios.values()) >= OPENVINO_AIM)}")
+    for rs in list(rounds.values())[-1:]:  # the highest concurrency
+        table.summary += b.cpu_line("openvino", median_of(rs), top)
     return table
 
 
