@@ -5,6 +5,7 @@ Predecoded contents travel compactly and raise, in the server, the error reading
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import signal
 import time
@@ -58,7 +59,18 @@ async def test_jobs_run_in_other_processes_which_are_reused():
         assert [doubled for _, doubled in results] == [0, 2, 4, 6, 8, 10]
         pids = {pid for pid, _ in results}
         assert os.getpid() not in pids
-        assert 1 <= len(pids) <= 2  # started lazily, at most two, each reused
+        assert 1 <= len(pids) <= 2  # at most two, each reused
+    finally:
+        pool.shutdown()
+
+
+async def test_every_process_starts_with_the_first_job():
+    pool = ProcessPool(2)
+    before = set(multiprocessing.active_children())
+    try:
+        await pool.run(pid_and, 1)
+        started = set(multiprocessing.active_children()) - before
+        assert len(started) == 2  # the second too: the pool's memory does not grow later, when two jobs overlap
     finally:
         pool.shutdown()
 

@@ -7,8 +7,9 @@ bytes are decoded in another process, which sends back what the protocol code ne
 form that is cheap to receive (numpy arrays travel as one copy of their bytes; BYTES elements
 packed as one buffer and their lengths, see `Predecoded`).
 
-The pool starts its processes (spawned, so they inherit no threads, sockets or models) on the
-first large request and reuses them. Each process takes one job at a time; jobs wait in the
+The pool starts all its processes (spawned, so they inherit no threads, sockets or models) on
+the first large request and reuses them: its memory is all there from then on, not a step
+later, when two large requests first overlap. Each process takes one job at a time; jobs wait in the
 pool's own queue, so a process that dies (killed for memory, say) fails only the job it was
 running (tried once more in a new process, then `WorkerStopped`, UNAVAILABLE: try again), and
 is replaced for the jobs that wait.
@@ -49,6 +50,10 @@ class _Slot:
 
     def __init__(self) -> None:
         self.executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+
+    def start(self) -> None:
+        """Its process now, not on its first job (ProcessPoolExecutor spawns on submit)."""
+        self.executor.submit(int)
 
     def renew(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -108,10 +113,12 @@ class ProcessPool:
         with self._lock:
             if self._idle and not self._waiting:
                 return self._idle.pop()
-            if len(self._slots) < self.processes and not self._waiting:
-                slot = _Slot()
-                self._slots.append(slot)
-                return slot
+            if not self._slots:  # the first job: every process starts now
+                self._slots = [_Slot() for _ in range(self.processes)]
+                for spare in self._slots[1:]:
+                    spare.start()
+                    self._idle.append(spare)
+                return self._slots[0]
             waiter: asyncio.Future[_Slot] = loop.create_future()
             self._waiting.append(waiter)
         try:
