@@ -14,32 +14,32 @@ linux = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads /
 
 
 @linux
-def test_a_busy_thread_of_this_process_shows_its_cpu_seconds():
-    worked, done = threading.Event(), threading.Event()
+def test_each_live_thread_of_the_process_is_read_under_its_thread_id():
+    started, done = threading.Event(), threading.Event()
     ident: dict[str, int] = {}
 
-    def spin() -> None:
+    def work() -> None:
         ident["tid"] = threading.get_native_id()
-        total = 0
-        for i in range(3_000_000):  # a fixed amount of work (a tenth of a second or more), however busy the machine
-            total += i
-        worked.set()
+        started.set()
         done.wait()  # alive while it is read
 
     before = thread_seconds(os.getpid())
-    thread = threading.Thread(target=spin)
+    thread = threading.Thread(target=work)
     thread.start()
-    worked.wait()
-    seconds = thread_seconds(os.getpid())
+    started.wait()
+    during = thread_seconds(os.getpid())
     done.set()
     thread.join()
-    assert before is not None and seconds is not None
+    after = thread_seconds(os.getpid())
+    assert before is not None and during is not None and after is not None
     assert os.getpid() in before  # the main thread's id is the process id
-    assert ident["tid"] not in before and seconds[ident["tid"]] > 0
+    assert ident["tid"] not in before and ident["tid"] in during and ident["tid"] not in after
+    assert during[os.getpid()] >= before[os.getpid()]  # CPU seconds only grow
 
 
 def test_a_process_without_proc_entries_measures_nothing():
-    assert thread_seconds(2**22 + 12345) is None  # above Linux's largest process id
+    # no process has this id: Linux's pid_max is at most 2**22
+    assert thread_seconds(2**22 + 12345) is None
 
 
 def test_shares_per_call_split_the_main_thread_from_the_others():

@@ -185,16 +185,21 @@ def _varint(data: bytes, position: int) -> tuple[int, int]:
     raise IndexError("varint longer than 10 bytes")
 
 
+def _message_of(parse: Callable[[bytes], Any]) -> Any:
+    """The descriptor of the message `parse` (a generated class's FromString) reads, else None."""
+    return getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
+
+
 def _bytes_fields(parse: Callable[[bytes], Any]) -> frozenset[int]:
     """The numbers of the top-level `bytes` fields of the message `parse` reads (none known: empty)."""
-    message = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
+    message = _message_of(parse)
     if message is None:
         return frozenset()
     return frozenset(f.number for f in message.fields if f.type == f.TYPE_BYTES)
 
 
 def _a_valid(parse: Callable[[bytes], Any]) -> str:
-    message = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
+    message = _message_of(parse)
     return f"a valid {message.full_name} message" if message is not None else "a valid request message"
 
 
